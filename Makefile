@@ -1,0 +1,36 @@
+# Two commands do everything on a fresh machine:
+#   make demo   set up .venv, then run every numbered notebook (profile demo) on SynthMimic
+#   make test   set up .venv, then run the whole test suite (unit tests, papermill and nbval runs)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Smoke-profile notebook runs of the test suite write here, never into runs/demo or figures/.
+TEST_RUNS ?= runs/test
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements.lock pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -c requirements.lock
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e . \
+	  || $(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (EMI workbench)" >/dev/null
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m emi_lib.run_notebooks --profile demo --out runs/demo
+
+test: $(STAMP)
+	rm -rf $(TEST_RUNS)
+	EMI_PROFILE=smoke EMI_RUNS_DIR=$(abspath $(TEST_RUNS))/nbval EMI_FIGURES_DIR=$(abspath $(TEST_RUNS))/figures \
+	  HF_HUB_OFFLINE=1 MPLBACKEND=Agg \
+	  $(PY) -m pytest -q tests --nbval-lax notebooks
+
+lint: $(STAMP)
+	$(PY) -m ruff check emi_lib tests benchmarks notebooks
+
+clean:
+	rm -rf runs/test .pytest_cache .ruff_cache

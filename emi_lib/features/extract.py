@@ -1,0 +1,435 @@
+"""Extraction of per-clip features from a data root into a :class:`FeatureStore` (issue 3, section 2).
+
+>>> from emi_lib.features.extract import extract_split, extract_all
+>>> rep = extract_split(root, "train", store, "vision", "openclip-tiny")   # doctest: +SKIP
+>>> print(rep.summary())                                                    # doctest: +SKIP
+
+What one clip becomes (float32 ``(T, D)`` under ``<store>/<modality>/<key>/<split>/<id>.npy``):
+
+- ``vision``: one row per face crop (``face_images/{id}/``, ``vision_source="faces"``) or per
+  decoded mp4 frame (``vision_source="video"``), through ``encode_frames``. The choice is
+  explicit: a clip without usable face crops is a *missing* vision modality (nothing written,
+  listed in the report), never silently replaced by video frames.
+- ``audio``: the 16 kHz mono wave through ``encode_audio``: ``T = frame_rate * seconds``
+  (100/s for ``logmel``, 50/s for wav2vec2). A clip without an audio file is missing.
+- ``text``: one L2-normalised row ``(1, D)`` per clip: the transcript (an empty transcript is a
+  silent clip, valid: the embedding of ``""``; a missing transcript file is listed as missing),
+  or with ``text_source="label_prompt"`` the label prompt of :func:`emi_lib.features.text.label_prompt`
+  (splits with labels only; refused for test. Label prompts of *valid* clips are for retrieval
+  evaluation of stage 1 only, never a model input: they are the label written as text).
+- backbone ``"official"`` (vision and audio): the release's pre-extracted ``vit/`` / ``wav2vec2/``
+  files, read by the safe loader :func:`emi_lib.data.load_features` (a pickle that references
+  anything but arrays is refused, kind ``unsafe``, and listed) and copied into the store, so that
+  downstream code reads every backbone the same way. D is whatever the files hold; a clip whose
+  D differs from the split's is a failure (kind ``dim``).
+
+Long face sequences (real clips reach 2,591 frames): ``frame_stride=s`` keeps every s-th frame;
+``max_frames=M`` keeps at most M frames *spread over the whole clip* by enlarging the clip's
+stride to ``s' = max(s, ceil(n / M))`` (constant step, so the time axis stays regular for a
+TCN; the clips whose stride was enlarged are listed in ``_meta.json`` under ``strides``).
+For video, n comes from the container header; when the header has no frame count the first M
+strided frames are kept. The same subsampling applies to ``official`` vision rows.
+
+Keys: features are stored under :func:`store_backbone` -- the backbone name itself for the
+default inputs (faces, transcript, all frames), else the name plus the non-default input
+settings, e.g. ``openclip-tiny[video,max=64]``, ``openclip-tiny[size=112]`` or
+``minilm[label_prompt]`` -- hashed into a
+folder by :func:`emi_lib.features.store.backbone_key`. Two backbones, or one backbone on two
+inputs, never share a folder; a folder whose stored D differs from the encoder's is refused.
+
+Batching: frames of up to ``batch_clips`` clips (and at most ``max_batch_frames`` frames) go
+through the vision encoder in one call, grouped by crop size; texts of ``batch_clips`` clips in
+one call. Audio is encoded clip by clip: padding clips to a common length would change the
+outputs (wav2vec2 base has no attention mask and normalises over time). Loading (jpeg/mp3
+decoding) runs ``workers`` clips ahead in a thread while the encoder works.
+
+Resume: clips already in the store (:meth:`FeatureStore.done_ids`) are skipped, so a killed run
+continues where it stopped. :meth:`FeatureStore.write` is atomic (``<id>.npy.tmp`` then rename),
+so a half-written clip is never read as complete; a leftover ``.tmp`` is ignored by readers,
+overwritten when its clip is redone, and removed at the start of a run if older than
+``STALE_TMP_S`` (a fresh one may belong to a concurrent run; run one extraction per folder).
+
+At the end each run writes ``<store>/<modality>/<key>/<split>/_meta.json``: backbone, key, dim,
+frame rate, settings, number of clips in the split / stored / missing / failed, and the missing
+and failed ids with their reasons. CLI::
+
+    python -m emi_lib.features.extract ROOT --store DIR --vision openclip-tiny --audio logmel \\
+        --text minilm [--splits train valid] [--max-frames 256] ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from emi_lib.constants import clip_stem
+from emi_lib.data import DataError, DataRoot, SkipReport
+from emi_lib.data.layout import ABSENT_KINDS
+from emi_lib.features.extract_sources import (
+    OFFICIAL,
+    OFFICIAL_FOLDERS,
+    AudioSource,
+    OfficialSource,
+    Source,
+    TextSource,
+    VisionSource,
+    clip_stride,
+    prefetch,
+)
+from emi_lib.features.store import FeatureStore, backbone_key
+
+log = logging.getLogger(__name__)
+
+__all__ = ["META_NAME", "OFFICIAL", "OFFICIAL_FOLDERS", "VISION_SOURCES", "ExtractionReport", "clip_stride",
+           "extract_all", "extract_split", "main", "read_meta", "store_backbone"]
+
+VISION_SOURCES: tuple[str, ...] = ("faces", "video")
+META_NAME: str = "_meta.json"
+#: A leftover ``<id>.npy.tmp`` older than this (seconds) is removed at the start of a run.
+STALE_TMP_S: float = 60.0
+
+
+def store_backbone(modality: str, backbone: str, *, vision_source: str = "faces", text_source: str = "transcript",
+                   max_frames: int | None = None, frame_stride: int = 1, face_size=None) -> str:
+    """The name features are stored under: ``backbone`` for default inputs, else
+    ``backbone[opt,...]`` with the non-default input settings (see the module docstring)."""
+    opts: list[str] = []
+    if modality == "vision":
+        if backbone != OFFICIAL and vision_source != "faces":
+            opts.append(vision_source)
+        if frame_stride != 1:
+            opts.append(f"stride={frame_stride}")
+        if max_frames is not None:
+            opts.append(f"max={max_frames}")
+        if face_size is not None and backbone != OFFICIAL:
+            hw = face_size if isinstance(face_size, tuple | list) else (face_size,)
+            opts.append("size=" + "x".join(str(int(v)) for v in hw))
+    elif modality == "text" and text_source != "transcript":
+        opts.append(text_source)
+    return f"{backbone}[{','.join(opts)}]" if opts else backbone
+
+
+@dataclass
+class ExtractionReport:
+    """What one :func:`extract_split` run did. ``issues.missing`` holds clips that lack the modality
+    (nothing written); ``issues.skipped`` holds clips that failed (corrupt or unsafe files)."""
+
+    split: str
+    modality: str
+    backbone: str
+    store_backbone: str
+    folder: Path
+    n_clips: int = 0
+    computed: list[str] = field(default_factory=list)
+    existing: list[str] = field(default_factory=list)
+    issues: SkipReport = field(default_factory=SkipReport)
+    strides: dict[str, int] = field(default_factory=dict)
+    dim: int | None = None
+    frame_rate: float | None = None
+    seconds: float = 0.0
+    cleaned_tmp: int = 0
+
+    n_done = property(lambda self: len(self.computed))
+    n_existing = property(lambda self: len(self.existing))
+    n_missing = property(lambda self: len(self.issues.missing))
+    n_failed = property(lambda self: len(self.issues.skipped))
+    missing_ids = property(lambda self: [cid for cid, _, _ in self.issues.missing])
+    failed_ids = property(lambda self: self.issues.skipped_ids())
+
+    @property
+    def clips_per_s(self) -> float:
+        """Clips computed per second of this run (loading + encoding + writing)."""
+        return self.n_done / self.seconds if self.seconds > 0 else float("nan")
+
+    def summary(self, max_listed: int = 5) -> str:
+        head = (f"{self.modality}/{self.store_backbone} {self.split}: {self.n_clips} clips, {self.n_done} computed"
+                f" ({self.clips_per_s:.1f} clips/s), {self.n_existing} already stored, "
+                f"{self.n_missing} missing, {self.n_failed} failed; D={self.dim}")
+        if self.cleaned_tmp:
+            head += f"; removed {self.cleaned_tmp} stale .tmp file(s)"
+        lines = [head]
+        for title, rows in (("missing (nothing written)", [f"{c}: {m}" for c, _, m in self.issues.missing]),
+                            ("failed", [f"{c} [{k}]: {m}" for c, k, m in self.issues.skipped])):
+            if rows:
+                lines += [f"  {title}: {len(rows)}"] + [f"    {r}" for r in rows[:max_listed]]
+                if len(rows) > max_listed:
+                    lines.append(f"    ... and {len(rows) - max_listed} more (see {META_NAME})")
+        return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------- extraction
+def _stored_dim(folder: Path) -> int | None:
+    for p in sorted(folder.glob("*.npy")) if folder.exists() else []:
+        try:
+            return int(np.load(p, mmap_mode="r", allow_pickle=False).shape[1])
+        except Exception:  # an unreadable stored file: the next one decides
+            continue
+    return None
+
+
+def _clean_stale_tmp(folder: Path) -> int:
+    n = 0
+    for p in folder.glob("*.npy.tmp") if folder.exists() else []:
+        try:
+            if time.time() - p.stat().st_mtime > STALE_TMP_S:
+                p.unlink()
+                n += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def _write_meta(folder: Path, rep: ExtractionReport, settings: dict, attempted: set[str], stored: set[str],
+                split_ids: list[str]) -> Path:
+    path = folder / META_NAME
+    prev = {}
+    if path.exists():
+        try:
+            prev = json.loads(path.read_text())
+        except ValueError:
+            prev = {}
+    keep = lambda d: {c: v for c, v in d.items() if c not in attempted and c not in stored}  # noqa: E731
+    missing = keep(prev.get("missing", {})) | {cid: msg for cid, _, msg in rep.issues.missing}
+    failed = keep(prev.get("failed", {})) | {cid: {"kind": k, "message": m} for cid, k, m in rep.issues.skipped}
+    strides = {c: s for c, s in prev.get("strides", {}).items() if c in stored and c not in attempted}
+    strides |= {c: s for c, s in rep.strides.items() if c in stored}
+    n_stored = len(stored & set(split_ids))
+    meta = {
+        "modality": rep.modality, "backbone": rep.backbone, "store_backbone": rep.store_backbone,
+        "backbone_key": backbone_key(rep.store_backbone), "split": rep.split, "dim": rep.dim,
+        "frame_rate": rep.frame_rate, "time_axis": settings.pop("time_axis"), "settings": settings,
+        "n_clips": len(split_ids), "n_stored": n_stored, "n_missing": len(missing), "n_failed": len(failed),
+        "complete": n_stored + len(missing) == len(split_ids) and not failed,
+        "missing": dict(sorted(missing.items())), "failed": dict(sorted(failed.items())),
+        "strides": dict(sorted(strides.items())),
+        "last_run": {"computed": rep.n_done, "already_stored": rep.n_existing, "seconds": round(rep.seconds, 3),
+                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (META_NAME + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def extract_split(
+    root, split: str, store, modality: str, backbone: str, *,
+    vision_source: str = "faces", text_source: str = "transcript", max_frames: int | None = None,
+    frame_stride: int = 1, face_size=None, ids=None, batch_clips: int = 8, max_batch_frames: int = 2048,
+    workers: int = 1, progress: bool = True, on_error: str = "skip", device: str = "cpu", encoder=None,
+) -> ExtractionReport:
+    """Extract ``modality`` features of every clip of ``split`` (or ``ids``) with ``backbone``
+    into ``store`` (a :class:`FeatureStore` or its folder), skipping clips already stored.
+
+    ``root``: a data root path or :class:`DataRoot`. ``encoder``: an already loaded encoder
+    (its ``.name`` must equal ``backbone``), else :func:`emi_lib.features.load_backbone` is called
+    (only if some clip is left to do). ``face_size`` resizes crops/frames before the encoder
+    (default: none; crops of one clip must then share a size). ``on_error``: ``"skip"`` lists a
+    failed clip (corrupt/unsafe file, non-finite features) in the report and goes on; ``"raise"``
+    raises its :class:`DataError`. A missing modality is never an error, always listed.
+    Raises ``ValueError`` for bad arguments, a label prompt on test, or a store folder whose
+    features have another D than the encoder's; :class:`DataError` when ``official`` features
+    are asked for a root without ``vit/`` / ``wav2vec2/``.
+    """
+    from tqdm.auto import tqdm
+
+    if modality not in ("vision", "audio", "text"):
+        raise ValueError(f"modality must be 'vision', 'audio' or 'text', got {modality!r}")
+    if vision_source not in VISION_SOURCES:
+        raise ValueError(f"vision_source must be one of {VISION_SOURCES}, got {vision_source!r}")
+    if text_source not in ("transcript", "label_prompt"):
+        raise ValueError(f"text_source must be 'transcript' or 'label_prompt', got {text_source!r}")
+    if on_error not in ("skip", "raise"):
+        raise ValueError(f"on_error must be 'skip' or 'raise', got {on_error!r}")
+    if frame_stride < 1 or batch_clips < 1 or (max_frames is not None and max_frames < 1):
+        raise ValueError("frame_stride, batch_clips and max_frames must be >= 1")
+    if backbone == OFFICIAL and modality == "text":
+        raise ValueError("backbone 'official' exists for vision (vit/) and audio (wav2vec2/) only")
+    if modality == "text" and text_source == "label_prompt" and split == "test":
+        raise ValueError("text_source='label_prompt' builds text from the labels: refused for the test split "
+                         "(no labels); use 'transcript'")
+    if encoder is not None and getattr(encoder, "name", backbone) != backbone:
+        raise ValueError(f"encoder is {encoder.name!r} but backbone is {backbone!r}: the store key must name it")
+    dr = root if isinstance(root, DataRoot) else DataRoot(root)
+    store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    name = store_backbone(modality, backbone, vision_source=vision_source, text_source=text_source,
+                          max_frames=max_frames, frame_stride=frame_stride, face_size=face_size)
+    split_ids = dr.ids(split)
+    wanted = split_ids if ids is None else list(dict.fromkeys(clip_stem(i) for i in ids))
+    unknown = sorted(set(wanted) - set(split_ids))
+    if unknown:
+        raise ValueError(f"ids not in split {split}: {unknown[:5]}")
+    folder = store.folder(modality, name, split)
+    rep = ExtractionReport(split, modality, backbone, name, folder, n_clips=len(wanted))
+    rep.cleaned_tmp = _clean_stale_tmp(folder)
+    done = store.done_ids(modality, name, split)
+    rep.existing = [c for c in wanted if c in done]
+    todo = [c for c in wanted if c not in done]
+    rep.dim = stored_dim = _stored_dim(folder)
+    settings = {"max_frames": max_frames, "frame_stride": frame_stride} if modality == "vision" else {}
+    if modality == "vision" and backbone != OFFICIAL:
+        settings |= {"vision_source": vision_source, "face_size": face_size}
+    if modality == "text":
+        settings["text_source"] = text_source
+
+    t0 = time.perf_counter()
+    source = Source()
+    if todo and backbone == OFFICIAL:
+        source = OfficialSource(dr, split, modality, frame_stride, max_frames, rep.strides)
+    elif todo:
+        if encoder is None:
+            from emi_lib.features import load_backbone
+
+            encoder = load_backbone(modality, backbone, device)
+        if modality == "vision":
+            source = VisionSource(dr, split, encoder, vision_source, frame_stride, max_frames, face_size,
+                                   max_batch_frames, rep.strides)
+        elif modality == "audio":
+            source = AudioSource(dr, split, encoder)
+        else:
+            source = TextSource(dr, split, encoder, text_source)
+        rep.dim = source.dim
+    enc_dim = getattr(encoder, "dim", None)
+    if stored_dim is not None and enc_dim is not None and int(enc_dim) != stored_dim:
+        raise ValueError(f"{folder} holds D={stored_dim} features but {backbone!r} gives D={enc_dim}: "
+                         "a different model under the same name; use a new store or backbone name")
+    rep.frame_rate = source.frame_rate
+
+    def fail(cid: str, err: DataError) -> None:
+        if err.kind in ABSENT_KINDS:
+            rep.issues.add_missing(cid, modality, err)
+            return
+        if on_error == "raise":
+            raise err
+        log.warning("%s/%s %s: clip %s failed: %s", modality, name, split, cid, err)
+        rep.issues.add(cid, err)
+
+    pending: list[tuple[str, object]] = []
+
+    def flush() -> None:
+        feats = source.encode([p for _, p in pending]) if pending else []
+        for (cid, _), arr in zip(pending, feats):
+            arr = np.asarray(arr, dtype=np.float32)
+            if rep.dim is None:
+                rep.dim = int(arr.shape[1])
+            if arr.ndim != 2 or arr.shape[1] != rep.dim:
+                fail(cid, DataError(None, f"clip {cid}: features {arr.shape} do not have the split's D={rep.dim}",
+                                    kind="dim"))
+                continue
+            try:
+                store.write(modality, name, split, cid, arr)
+            except ValueError as err:  # non-finite features
+                fail(cid, DataError(store.path(modality, name, split, cid), str(err), kind="nonfinite"))
+                continue
+            rep.computed.append(cid)
+        bar.update(len(pending))
+        pending.clear()
+
+    size = 0
+    with tqdm(total=len(todo), desc=f"{modality} {name} {split}", disable=not progress, leave=False) as bar, \
+            closing(prefetch(source.load, todo, workers)) as loaded:  # closing: stop the loader on a crash
+        for cid, got in loaded:
+            if isinstance(got, DataError):
+                fail(cid, got)
+                bar.update(1)
+                continue
+            pending.append((cid, got))
+            size += source.size(got)
+            if len(pending) >= batch_clips or size >= source.max_batch:
+                flush()
+                size = 0
+        flush()
+    rep.seconds = time.perf_counter() - t0
+    settings["time_axis"] = source.time_axis if todo else ""
+    if not todo and (folder / META_NAME).exists():  # nothing ran: keep what the last run recorded
+        prev = json.loads((folder / META_NAME).read_text())
+        rep.frame_rate, settings["time_axis"] = prev.get("frame_rate"), prev.get("time_axis", "")
+    _write_meta(folder, rep, settings, set(todo), store.done_ids(modality, name, split), split_ids)
+    return rep
+
+
+def read_meta(store, modality: str, backbone: str, split: str) -> dict:
+    """The ``_meta.json`` of a split (``backbone``: the store name, see :func:`store_backbone`)."""
+    store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    path = store.folder(modality, backbone, split) / META_NAME
+    if not path.exists():
+        raise DataError(path, f"no extraction metadata for {modality}/{backbone}/{split}", kind="missing")
+    return json.loads(path.read_text())
+
+
+def extract_all(root, store, vision_backbone: str | None = None, audio_backbone: str | None = None,
+                text_backbone: str | None = None, splits=None, *, device: str = "cpu", verbose: bool = False,
+                **kwargs) -> dict[str, ExtractionReport]:
+    """:func:`extract_split` for every given backbone and split (default: the splits whose CSV
+    exists), loading each encoder once. Returns ``{"<modality>/<split>": report}``; ``kwargs`` go
+    to :func:`extract_split` (``vision_source``, ``text_source``, ``max_frames``, ...). ``verbose``
+    prints each report's summary as soon as its split is done."""
+    dr = root if isinstance(root, DataRoot) else DataRoot(root)
+    store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    splits = dr.available_splits() if splits is None else list(splits)
+    if text_backbone and kwargs.get("text_source") == "label_prompt" and "test" in splits:
+        raise ValueError("text_source='label_prompt' is refused for the test split; drop 'test' from splits")
+    reports: dict[str, ExtractionReport] = {}
+    for modality, backbone in (("vision", vision_backbone), ("audio", audio_backbone), ("text", text_backbone)):
+        if not backbone:
+            continue
+        encoder = None
+        if backbone != OFFICIAL:
+            from emi_lib.features import load_backbone
+
+            encoder = load_backbone(modality, backbone, device)
+        for split in splits:
+            rep = extract_split(dr, split, store, modality, backbone, device=device, encoder=encoder, **kwargs)
+            reports[f"{modality}/{split}"] = rep
+            if verbose:
+                print(rep.summary(), flush=True)
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI; exit status 1 when any clip failed (missing modalities are listed but are not failures),
+    2 on a bad argument, root or backbone."""
+    ap = argparse.ArgumentParser(prog="python -m emi_lib.features.extract", description=__doc__.split("\n")[0])
+    ap.add_argument("root", help="data root (Hume-Vidmimic2 layout)")
+    ap.add_argument("--store", required=True, help="feature store folder")
+    ap.add_argument("--vision", help="vision backbone, e.g. openclip-tiny, openclip:ViT-B-32/openai, official")
+    ap.add_argument("--audio", help="audio backbone, e.g. logmel, wav2vec2-tiny, hf:<model>[@layer], official")
+    ap.add_argument("--text", help="text backbone, e.g. minilm, openclip-tiny")
+    ap.add_argument("--splits", nargs="+", help="default: every split whose CSV exists")
+    ap.add_argument("--vision-source", choices=VISION_SOURCES, default="faces")
+    ap.add_argument("--text-source", choices=("transcript", "label_prompt"), default="transcript")
+    ap.add_argument("--max-frames", type=int)
+    ap.add_argument("--frame-stride", type=int, default=1)
+    ap.add_argument("--face-size", type=int)
+    ap.add_argument("--batch-clips", type=int, default=8)
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--on-error", choices=("skip", "raise"), default="skip")
+    ap.add_argument("--no-progress", action="store_true")
+    a = ap.parse_args(argv)
+    if not (a.vision or a.audio or a.text):
+        ap.error("give at least one of --vision, --audio, --text")
+    from emi_lib.features.weights import WeightsUnavailableError
+
+    try:
+        reports = extract_all(a.root, a.store, a.vision, a.audio, a.text, a.splits, device=a.device, verbose=True,
+                              vision_source=a.vision_source, text_source=a.text_source, max_frames=a.max_frames,
+                              frame_stride=a.frame_stride, face_size=a.face_size, batch_clips=a.batch_clips,
+                              workers=a.workers, on_error=a.on_error, progress=not a.no_progress)
+    except (DataError, ValueError, WeightsUnavailableError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 1 if any(r.n_failed for r in reports.values()) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

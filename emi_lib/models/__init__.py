@@ -1,0 +1,48 @@
+"""Stage-2 models: visual TCN, gated audio BiLSTM, pooling, quality-guided fusion, the EMI model."""
+
+from emi_lib.models.emi_model import MODEL_FUSIONS, EMIModel, EMIModelConfig, count_parameters
+from emi_lib.models.fusion import (
+    FUSION_KINDS,
+    POOLING_KINDS,
+    AttentionPooling,
+    ConcatFusion,
+    EqualFusion,
+    Fusion,
+    MeanPooling,
+    QualityGuidedFusion,
+    StaticFusion,
+    build_fusion,
+    make_pooling,
+    masked_mean,
+    masked_softmax,
+    resample_linear,
+)
+from emi_lib.models.gated_bilstm import GatedBiLSTM, lengths_from_mask
+from emi_lib.models.tcn import TemporalBlock, TemporalConvNet, default_dilations, tcn_receptive_field
+
+__all__ = [
+    "FUSION_KINDS",
+    "MODEL_FUSIONS",
+    "POOLING_KINDS",
+    "AttentionPooling",
+    "ConcatFusion",
+    "EMIModel",
+    "EMIModelConfig",
+    "EqualFusion",
+    "Fusion",
+    "GatedBiLSTM",
+    "MeanPooling",
+    "QualityGuidedFusion",
+    "StaticFusion",
+    "TemporalBlock",
+    "TemporalConvNet",
+    "build_fusion",
+    "count_parameters",
+    "default_dilations",
+    "lengths_from_mask",
+    "make_pooling",
+    "masked_mean",
+    "masked_softmax",
+    "resample_linear",
+    "tcn_receptive_field",
+]

@@ -1,0 +1,293 @@
+r"""Stage 1: a CLIP-style contrastive aligner between one modality and the text space.
+
+Paper (arXiv 2503.10603, stage 1, "modality-decoupled pre-training"): a vision-text and an
+audio-text contrastive network "based on a CLIP architecture", trained separately per modality,
+give a preliminary alignment of each modality with the text feature space. Nothing else is
+published: the architecture below, its sizes, the pooling and the label-aware option are **ours**;
+each is a field of :class:`AlignerConfig`.
+
+Model. A clip is a sequence of frozen per-frame (vision) or per-step (audio) features
+:math:`f_1..f_T \in \mathbb R^{D}` and one frozen text embedding :math:`t \in \mathbb R^{D_t}`:
+
+.. math::
+
+    h_t = g(f_t) \in \mathbb R^{E}  \quad\text{(frame projector, an MLP applied to every frame)}
+
+    a_t = \mathrm{softmax}_{t:\,m_t}\big(w^\top \tanh(V h_t)\big)  \quad\text{(attention pooling; or } a_t = m_t/\textstyle\sum_s m_s)
+
+    v = \frac{\sum_t a_t h_t}{\lVert \sum_t a_t h_t \rVert}, \qquad
+    u = \frac{h_\text{text}(t)}{\lVert h_\text{text}(t) \rVert} .
+
+The per-frame :math:`h_t` (``encode_frames``) live in the same space as the pooled clip vector, so
+stage 2 can consume an *aligned frame sequence*. The attention scores are computed on the
+projected frames :math:`h_t` (ours). A clip with no valid step pools to the zero vector, and the
+normalisation keeps it 0 (``F.normalize`` divides by :math:`\max(\lVert\cdot\rVert, \epsilon)`).
+
+Loss: the symmetric InfoNCE of CLIP, with open_clip's own ``ClipLoss``, over a batch of B pairs
+
+.. math::
+
+    \mathcal L = \tfrac12\big[\mathrm{CE}(s\,V U^\top, I) + \mathrm{CE}(s\,U V^\top, I)\big],
+    \qquad s = \exp(\text{logit\_scale}),
+
+with the raw ``logit_scale`` a learnable scalar initialised at :math:`\log(1/0.07)` and clamped to
+:math:`[0, \log 100]` after every optimiser step, as open_clip's training loop does.
+
+Label-aware negatives (ours, option ``label_aware``): in emotion data many clips share nearly the
+same label vector, and InfoNCE would push them apart as negatives. :class:`LabelAwareClipLoss`
+masks out of both softmax denominators every off-diagonal pair (i, j) whose label vectors are
+within ``label_aware_threshold``: they are neither positives nor negatives,
+
+.. math::
+
+    \mathcal L_i = -s\,v_i^\top u_i + \log \sum_{j:\ j = i \ \lor\ d(y_i, y_j) > \delta} \exp(s\, v_i^\top u_j),
+
+with :math:`d` the mean absolute difference (``"l1"``) or the cosine distance (``"cosine"``).
+With no pair within the threshold it is exactly ``ClipLoss``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from open_clip.loss import ClipLoss
+from torch import nn
+
+from emi_lib.models.fusion import masked_mean, masked_softmax
+
+POOLINGS = ("attention", "mean")
+LABEL_DISTANCES = ("l1", "cosine")
+
+
+@dataclass
+class AlignerConfig:
+    """Configuration of :class:`ModalityTextAligner` and its training. All values are ours except
+    the temperature init/clamp (open_clip's). JSON-able via ``to_dict``/``from_dict``."""
+
+    modality: str = "vision"  # which stream this aligner serves ("vision" | "audio"); a label only
+    in_dim: int = 768  # D of the per-frame features (infer from the feature store)
+    text_dim: int = 384  # D_t of the frozen text embedding (384 for minilm, 512 for ViT-B-32 text)
+    embed_dim: int = 128  # E, size of the shared clip/text space
+    hidden: int = 256  # hidden width of the frame and text projector MLPs
+    frame_layers: int = 2  # Linear layers in the frame projector g (1 = a single linear map)
+    input_norm: bool = True  # LayerNorm on each raw frame and on the text embedding before projecting
+    pooling: str = "attention"  # temporal pooling of projected frames: "attention" | "mean"
+    attn_hidden: int = 64  # rows of V in a_t = softmax(w^T tanh(V h_t))
+    dropout: float = 0.1  # dropout between projector layers (training only)
+    text_layers: int = 2  # Linear layers in the text projector h (0 = identity, needs text_dim == embed_dim)
+    text_trainable: bool = True  # False = text projector frozen at its random init (a locked text tower)
+    init_logit_scale: float = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
+    max_logit_scale: float = math.log(100)  # clamp of the raw logit scale after each step (open_clip)
+    learn_logit_scale: bool = True  # False = temperature fixed at its init
+    label_aware: bool = False  # mask near-duplicate-label pairs out of the InfoNCE denominators
+    label_aware_metric: str = "l1"  # label distance: "l1" (mean |y_i - y_j|) | "cosine" (1 - cos)
+    label_aware_threshold: float = 0.05  # pairs with distance <= this are not used as negatives
+    max_steps: int | None = 256  # training batches: longer sequences are subsampled at evenly spaced steps
+    lr: float = 1e-3  # AdamW learning rate
+    weight_decay: float = 0.05  # AdamW weight decay (not applied to biases, norms, logit_scale)
+    epochs: int = 30  # maximum number of epochs
+    batch_size: int = 64  # clips per contrastive batch (= number of negatives + 1)
+    patience: int | None = None  # early stopping on val loss after this many epochs without gain; None = off
+    seed: int = 0  # torch + numpy seed for init and shuffling
+    device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" ...
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.label_aware_metric not in LABEL_DISTANCES:
+            raise ValueError(f"label_aware_metric must be one of {LABEL_DISTANCES}, got {self.label_aware_metric!r}")
+        if self.frame_layers < 1:
+            raise ValueError("frame_layers must be >= 1")
+        if self.text_layers == 0 and self.text_dim != self.embed_dim:
+            raise ValueError(f"text_layers=0 (identity) needs text_dim == embed_dim, got {self.text_dim} != {self.embed_dim}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AlignerConfig:
+        """Inverse of ``to_dict``; unknown keys raise (a typo must not be silently ignored)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown AlignerConfig fields {unknown}")
+        return cls(**d)
+
+    @classmethod
+    def tiny(cls, in_dim: int, text_dim: int, **overrides) -> AlignerConfig:
+        """A very small aligner for tests and smoke runs."""
+        base = dict(in_dim=in_dim, text_dim=text_dim, embed_dim=16, hidden=32, attn_hidden=8, dropout=0.0,
+                    batch_size=16, epochs=10, max_steps=32)
+        base.update(overrides)
+        return cls(**base)
+
+
+def pad_batch(arrays: Sequence[np.ndarray], dim: int | None = None,
+              max_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad a list of (T_i, D) arrays into ``x`` (B, T_max, D) float32 and a prefix ``mask`` (B, T_max) bool.
+
+    A (0, D) or empty array gives an all-False mask row. ``dim`` is needed when every array is
+    empty. ``max_steps`` subsamples a longer sequence at evenly spaced steps (ours: keeps the whole
+    clip's span, unlike a crop)."""
+    arrs = []
+    for a in arrays:
+        a = np.asarray(a, dtype=np.float32)
+        if a.size == 0:
+            a = a.reshape(0, a.shape[-1] if a.ndim == 2 else (dim or 0))
+        elif a.ndim == 1:
+            a = a[None, :]
+        if max_steps is not None and len(a) > max_steps:
+            a = a[np.linspace(0, len(a) - 1, max_steps).round().astype(int)]
+        arrs.append(a)
+    dims = {a.shape[1] for a in arrs if len(a)}
+    if len(dims) > 1:
+        raise ValueError(f"arrays have different feature sizes {sorted(dims)}")
+    d = dims.pop() if dims else dim
+    if d is None:
+        raise ValueError("every array is empty: pass dim")
+    t_max = max([len(a) for a in arrs] + [1])
+    x = torch.zeros(len(arrs), t_max, d)
+    mask = torch.zeros(len(arrs), t_max, dtype=torch.bool)
+    for i, a in enumerate(arrs):
+        if len(a):
+            x[i, : len(a)] = torch.from_numpy(a)
+            mask[i, : len(a)] = True
+    return x, mask
+
+
+def _mlp(in_dim: int, hidden: int, out_dim: int, layers: int, dropout: float, norm: bool) -> nn.Module:
+    """LayerNorm? -> [Linear -> GELU -> Dropout] x (layers - 1) -> Linear; identity for layers=0."""
+    if layers == 0:
+        return nn.Identity()
+    mods: list[nn.Module] = [nn.LayerNorm(in_dim)] if norm else []
+    d = in_dim
+    for _ in range(layers - 1):
+        mods += [nn.Linear(d, hidden), nn.GELU(), nn.Dropout(dropout)]
+        d = hidden
+    mods.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*mods)
+
+
+class FrameAttentionPool(nn.Module):
+    r"""Masked attention pooling :math:`a_t = \mathrm{softmax}_{valid}(w^\top\tanh(V h_t))`, :math:`\sum_t a_t h_t`.
+
+    No biases, as in the equation; an all-False mask gives the zero vector (never NaN)."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.V = nn.Linear(dim, hidden, bias=False)
+        self.w = nn.Linear(hidden, 1, bias=False)
+
+    def weights(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T) attention weights, exactly 0 on padding."""
+        return masked_softmax(self.w(torch.tanh(self.V(h))).squeeze(-1), mask, dim=1)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bt,btd->bd", self.weights(h, mask), h)
+
+
+class ModalityTextAligner(nn.Module):
+    """One modality-text contrastive network (see the module docstring)."""
+
+    def __init__(self, cfg: AlignerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.frame_proj = _mlp(cfg.in_dim, cfg.hidden, cfg.embed_dim, cfg.frame_layers, cfg.dropout, cfg.input_norm)
+        self.pool = FrameAttentionPool(cfg.embed_dim, cfg.attn_hidden) if cfg.pooling == "attention" else None
+        self.text_proj = _mlp(cfg.text_dim, cfg.hidden, cfg.embed_dim, cfg.text_layers, cfg.dropout, cfg.input_norm)
+        if not cfg.text_trainable:
+            for p in self.text_proj.parameters():
+                p.requires_grad_(False)
+        self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)),
+                                        requires_grad=cfg.learn_logit_scale)
+
+    def encode_frames(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, D), (B, T) bool -> aligned per-frame sequence (B, T, E), exactly 0 on padding (not normalised)."""
+        m = mask.bool().unsqueeze(-1)
+        return self.frame_proj(x.masked_fill(~m, 0.0)).masked_fill(~m, 0.0)
+
+    def pool_frames(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Pool (B, T, E) aligned frames to (B, E) (un-normalised; zero for an empty clip)."""
+        return self.pool(h, mask.bool()) if self.pool is not None else masked_mean(h, mask.bool())
+
+    def encode_clip(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, T, D), (B, T) -> L2-normalised clip embeddings (B, E); an all-False mask row gives 0."""
+        return F.normalize(self.pool_frames(self.encode_frames(x, mask), mask), dim=-1)
+
+    def encode_text(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, D_t) frozen text embeddings -> L2-normalised (B, E)."""
+        return F.normalize(self.text_proj(t), dim=-1)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, t: torch.Tensor):
+        """``(clip_features, text_features, exp(logit_scale))``: ``ClipLoss()(*model(x, mask, t))``."""
+        return self.encode_clip(x, mask), self.encode_text(t), self.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale(self) -> None:
+        """Clamp the raw logit scale to [0, max_logit_scale] (call after every optimiser step)."""
+        self.logit_scale.clamp_(0, self.cfg.max_logit_scale)
+
+
+def label_distance(labels: torch.Tensor, metric: str = "l1") -> torch.Tensor:
+    """(B, 6) label vectors -> (B, B) distances: mean |y_i - y_j| (``"l1"``) or 1 - cos (``"cosine"``).
+
+    For the cosine, an all-zero label vector has distance 0 to another all-zero one and 1 to any
+    other vector (the cosine is undefined there; ours)."""
+    y = labels.float()
+    if metric == "l1":
+        return (y[:, None, :] - y[None, :, :]).abs().mean(-1)
+    if metric == "cosine":
+        norm = y.norm(dim=-1)
+        d = 1.0 - F.normalize(y, dim=-1) @ F.normalize(y, dim=-1).T
+        zero = norm <= 1e-12
+        d = torch.where(zero[:, None] | zero[None, :], torch.ones_like(d), d)
+        return torch.where(zero[:, None] & zero[None, :], torch.zeros_like(d), d)
+    raise ValueError(f"unknown label distance {metric!r}; choose one of {LABEL_DISTANCES}")
+
+
+class LabelAwareClipLoss(ClipLoss):
+    """``ClipLoss`` whose denominators skip off-diagonal pairs with near-identical labels (module docstring).
+
+    ``forward(image_features, text_features, logit_scale, labels=None, output_dict=False)``; without
+    labels, or with no pair within the threshold, the result equals ``ClipLoss`` exactly."""
+
+    def __init__(self, threshold: float = 0.05, metric: str = "l1", **kwargs):
+        super().__init__(**kwargs)
+        if metric not in LABEL_DISTANCES:
+            raise ValueError(f"unknown label distance {metric!r}; choose one of {LABEL_DISTANCES}")
+        self.threshold = float(threshold)
+        self.metric = metric
+        self.last_masked_pairs = 0  # off-diagonal pairs masked in the last call (diagnostic)
+
+    def positive_mask(self, labels: torch.Tensor) -> torch.Tensor:
+        """(B, B) bool, True for i != j whose labels are within the threshold."""
+        close = label_distance(labels, self.metric) <= self.threshold
+        return close & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
+
+    def forward(self, image_features, text_features, logit_scale, labels=None, logit_bias=None, output_dict=False):
+        if labels is None:
+            return super().forward(image_features, text_features, logit_scale, logit_bias, output_dict)
+        if self.world_size > 1:
+            raise NotImplementedError("label-aware negatives are implemented for a single process only")
+        logits_per_image, logits_per_text = self.get_logits(image_features, text_features, logit_scale, logit_bias)
+        masked = self.positive_mask(labels.to(image_features.device))
+        self.last_masked_pairs = int(masked.sum())
+        # masked is symmetric, so the same mask serves both directions
+        logits_per_image = logits_per_image.masked_fill(masked, float("-inf"))
+        logits_per_text = logits_per_text.masked_fill(masked, float("-inf"))
+        gt = self.get_ground_truth(image_features.device, logits_per_image.shape[0])
+        total = (F.cross_entropy(logits_per_image, gt) + F.cross_entropy(logits_per_text, gt)) / 2
+        return {"contrastive_loss": total} if output_dict else total
+
+
+def build_loss(cfg: AlignerConfig) -> ClipLoss:
+    """open_clip's ``ClipLoss``, or :class:`LabelAwareClipLoss` when ``cfg.label_aware``."""
+    if cfg.label_aware:
+        return LabelAwareClipLoss(cfg.label_aware_threshold, cfg.label_aware_metric)
+    return ClipLoss()

@@ -1,0 +1,234 @@
+r"""Stage-2 data: per-clip feature sequences -> padded, masked batches for ``EMIModel``.
+
+A split is a :class:`Stage2Data`: ``vision`` {id: (T_v, D_v)}, ``audio`` {id: (T_a, D_a)}, optional
+``text`` {id: (D_t,)} (or (1, D_t)), optional ``labels`` (DataFrame indexed by id, the six EMOTIONS
+columns) and optional ``priors`` (DataFrame indexed by id, see :mod:`emi_lib.features.quality`).
+A clip lacking a modality has no key (or a (0, D) array): its mask row is all False and
+``available[m]`` is False, and the model still predicts for it. The clip list is ``ids``, else the
+labels' index, else the sorted union of the feature keys.
+
+**Long sequences** (ours): a sequence longer than ``max_len`` steps is subsampled at evenly spaced
+steps, :math:`t_j = \mathrm{round}(j (T-1)/(L-1))`, :math:`j = 0..L-1`, which keeps the whole clip's
+span (a crop would drop its end) and is deterministic (train and evaluation see the same steps).
+
+**Batch order**: :func:`epoch_batches` is a pure function of (seed, epoch) (a ``torch.Generator``
+seeded per epoch), so a resumed run replays exactly the batches of the interrupted one. Under DDP,
+rank r takes the batches i with i % world_size == r of that common order (:func:`shard`).
+Evaluation batches are contiguous, never dropped, so every clip is scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emi_lib.constants import EMOTIONS, clip_stem
+from emi_lib.train.seeding import epoch_generator
+
+STREAMS = ("vision", "audio", "text")
+
+
+def _norm_id(cid) -> str:
+    return clip_stem(cid) if isinstance(cid, int | np.integer) else str(cid)
+
+
+def _norm_dict(d: Mapping | None) -> dict[str, np.ndarray]:
+    return {_norm_id(k): v for k, v in (d or {}).items()}
+
+
+def subsample_steps(length: int, max_len: int | None) -> np.ndarray:
+    """Indices of the steps kept from a sequence of ``length`` steps (all when it fits)."""
+    if max_len is None or length <= max_len:
+        return np.arange(length)
+    return np.linspace(0, length - 1, int(max_len)).round().astype(int)
+
+
+@dataclass
+class Stage2Data:
+    """One split's stage-2 inputs (see the module docstring)."""
+
+    vision: dict
+    audio: dict
+    text: dict | None = None
+    labels: pd.DataFrame | None = None
+    priors: pd.DataFrame | None = None
+    ids: list | None = None
+
+    def __post_init__(self):
+        self.vision, self.audio = _norm_dict(self.vision), _norm_dict(self.audio)
+        self.text = _norm_dict(self.text) if self.text is not None else None
+        if self.labels is not None:
+            missing = [e for e in EMOTIONS if e not in self.labels.columns]
+            if missing:
+                raise ValueError(f"labels lack the emotion columns {missing}")
+            self.labels = self.labels.copy()
+            self.labels.index = [_norm_id(i) for i in self.labels.index]
+        if self.priors is not None:
+            self.priors = self.priors.copy()
+            self.priors.index = [_norm_id(i) for i in self.priors.index]
+        if self.ids is None:
+            if self.labels is not None:
+                self.ids = list(self.labels.index)
+            else:
+                self.ids = sorted(set(self.vision) | set(self.audio) | set(self.text or {}))
+        self.ids = [_norm_id(i) for i in self.ids]
+        if len(set(self.ids)) != len(self.ids):
+            raise ValueError("ids hold duplicates")
+        if self.labels is not None:
+            lacking = [i for i in self.ids if i not in self.labels.index]
+            if lacking:
+                raise ValueError(f"{len(lacking)} clip(s) have no label row, e.g. {lacking[:5]}")
+
+    @classmethod
+    def from_store(cls, store, split: str, vision: tuple[str, str] | None = None,
+                   audio: tuple[str, str] | None = None, text: tuple[str, str] | None = None,
+                   labels: pd.DataFrame | None = None, priors: pd.DataFrame | None = None,
+                   ids=None) -> Stage2Data:
+        """Read a split from a :class:`~emi_lib.features.store.FeatureStore`; each stream is a
+        ``(modality, backbone)`` pair (e.g. ``("vision_aligned", "stage1")``) or None (absent)."""
+        def load(pair):
+            return {} if pair is None else store.load_split(pair[0], pair[1], split)
+        txt = None if text is None else {k: v.reshape(-1) for k, v in load(text).items()}
+        return cls(load(vision), load(audio), txt, labels, priors, ids)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def has(self, stream: str, cid: str) -> bool:
+        d = getattr(self, stream) or {}
+        a = d.get(cid)
+        return a is not None and np.asarray(a).size > 0
+
+    def missing_counts(self) -> dict[str, int]:
+        """Clips lacking each stream (no key or an empty array); text only when text is given."""
+        streams = ["vision", "audio"] + (["text"] if self.text is not None else [])
+        return {m: sum(not self.has(m, i) for i in self.ids) for m in streams}
+
+    def dims(self) -> dict[str, int | None]:
+        """Feature size of each stream from its first non-empty array (None when every clip lacks it)."""
+        out = {}
+        for m in STREAMS:
+            arrs = [np.asarray(a) for a in (getattr(self, m) or {}).values() if np.asarray(a).size]
+            out[m] = int(arrs[0].shape[-1]) if arrs else None
+        return out
+
+
+class Stage2Dataset(torch.utils.data.Dataset):
+    """Indexable clips as tensors (subsampled once, here); ``collate`` pads them into a batch.
+
+    Args: ``data``; ``dims`` {stream: D} of the model (a stream every clip lacks still needs its D);
+    ``max_len`` / ``max_len_audio`` (module docstring); ``use_text``; ``prior_columns``
+    {stream: [column, ...]} read from ``data.priors`` (None: no priors in the batch).
+    """
+
+    def __init__(self, data: Stage2Data, dims: Mapping[str, int], max_len: int | None = None,
+                 max_len_audio: int | None = None, use_text: bool = False,
+                 prior_columns: Mapping[str, Sequence[str]] | None = None):
+        from emi_lib.features.quality import priors_to_tensors
+
+        self.data = data
+        self.ids = list(data.ids)
+        self.dims = dict(dims)
+        self.use_text = use_text
+        found = data.dims()
+        for m in ("vision", "audio") + (("text",) if use_text else ()):
+            if found[m] is not None and found[m] != self.dims[m]:
+                raise ValueError(f"{m} features have D={found[m]} but the model expects {self.dims[m]}")
+        lens = {"vision": max_len, "audio": max_len if max_len_audio is None else max_len_audio}
+        self.seqs: dict[str, list[torch.Tensor]] = {}
+        for m in ("vision", "audio"):
+            src = getattr(data, m)
+            out = []
+            for cid in self.ids:
+                a = np.asarray(src.get(cid, np.zeros((0, self.dims[m]))), dtype=np.float32)
+                if a.size and (a.ndim != 2 or a.shape[1] != self.dims[m]):
+                    raise ValueError(f"{m} features of clip {cid} have shape {a.shape}, expected (T, {self.dims[m]})")
+                a = a if a.size else np.zeros((0, self.dims[m]), np.float32)
+                out.append(torch.from_numpy(np.ascontiguousarray(a[subsample_steps(len(a), lens[m])])))
+            self.seqs[m] = out
+        self.text = None
+        if use_text:
+            src = data.text or {}
+            self.text = torch.zeros(len(self.ids), self.dims["text"])
+            self.text_mask = torch.zeros(len(self.ids), dtype=torch.bool)
+            for i, cid in enumerate(self.ids):
+                if data.has("text", cid):
+                    t = np.asarray(src[cid], dtype=np.float32).reshape(-1)
+                    if t.size != self.dims["text"]:
+                        raise ValueError(f"text vector of clip {cid} has {t.size} values, expected {self.dims['text']}")
+                    self.text[i] = torch.from_numpy(t)
+                    self.text_mask[i] = True
+        self.priors = None
+        if prior_columns:
+            if data.priors is None:
+                raise ValueError("the model uses signal priors but this split has none: pass priors= "
+                                 "(emi_lib.features.quality.compute_priors) or set use_priors=False")
+            self.priors = priors_to_tensors(data.priors, self.ids, prior_columns)
+        self.labels = None
+        if data.labels is not None:
+            self.labels = torch.tensor(data.labels.loc[self.ids, list(EMOTIONS)].to_numpy(np.float32))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> int:
+        return i  # collate gathers from the preprocessed tensors
+
+    def collate(self, idx: Sequence[int]) -> dict:
+        """Batch dict for ``EMIModel.forward`` plus ``ids`` and (if labelled) ``labels`` (B, 6)."""
+        idx = [int(i) for i in idx]
+        batch: dict = {"ids": [self.ids[i] for i in idx], "available": {}}
+        for m in ("vision", "audio"):
+            seqs = [self.seqs[m][i] for i in idx]
+            t = max([len(s) for s in seqs] + [1])
+            x = torch.zeros(len(idx), t, self.dims[m])
+            mask = torch.zeros(len(idx), t, dtype=torch.bool)
+            for b, s in enumerate(seqs):
+                x[b, : len(s)] = s
+                mask[b, : len(s)] = True
+            batch[m], batch[f"{m}_mask"], batch["available"][m] = x, mask, mask.any(1)
+        if self.text is not None:
+            batch["text"], batch["text_mask"] = self.text[idx], self.text_mask[idx]
+            batch["available"]["text"] = batch["text_mask"]
+        if self.priors is not None:
+            batch["priors"] = {m: p[idx] for m, p in self.priors.items()}
+        if self.labels is not None:
+            batch["labels"] = self.labels[idx]
+        return batch
+
+
+def to_device(batch: dict, device) -> dict:
+    """Move every tensor of a (nested) batch dict to ``device``; other values pass through."""
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    return batch.to(device) if isinstance(batch, torch.Tensor) else batch
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, drop_last: bool = True) -> list[list[int]]:
+    """The epoch's training batches: a permutation from ``epoch_generator(seed, epoch)`` cut into
+    ``batch_size`` chunks. ``drop_last`` drops a final incomplete batch (a tiny batch gives a noisy
+    Pearson term), unless it is the only batch."""
+    perm = torch.randperm(n, generator=epoch_generator(seed, epoch)).tolist()
+    batches = [perm[i: i + batch_size] for i in range(0, n, batch_size)]
+    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
+        batches = batches[:-1]
+    return batches
+
+
+def shard(batches: list, rank: int, world_size: int, even: bool = True) -> list:
+    """Batches i with i % world_size == rank. With ``even`` (training under DDP) the list is first
+    cut to a multiple of world_size, so that every rank runs the same number of steps."""
+    if world_size <= 1:
+        return list(batches)
+    if even:
+        batches = batches[: len(batches) - len(batches) % world_size]
+    return [b for i, b in enumerate(batches) if i % world_size == rank]
+
+
+def eval_batches(n: int, batch_size: int) -> list[list[int]]:
+    """Contiguous batches over all n clips; the last may be smaller (never dropped)."""
+    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]

@@ -1,0 +1,286 @@
+r"""Training, checkpoints and export of the stage-1 aligners (arXiv 2503.10603, stage 1).
+
+Each modality is trained alone ("modality-decoupled pre-training") on precomputed features:
+``feats`` {id: (T, D)} of one modality and ``text`` {id: (D_t,)} frozen text embeddings.
+
+- Optimiser: AdamW (ours), weight decay on weight matrices only (biases, LayerNorm gains and the
+  logit scale are excluded, as open_clip does). After every step the raw logit scale is clamped to
+  :math:`[0, \log 100]` (open_clip's training loop).
+- Batches: shuffled each epoch with a seeded ``numpy`` generator, ``drop_last`` (a contrastive
+  batch's size is its number of negatives; evaluation never drops clips). Clips with no frames
+  or no text are excluded from training and evaluation (they get a zero embedding at export).
+- Validation (per epoch, and once before training as epoch 0): the plain ``ClipLoss`` over
+  consecutive batches of ``batch_size`` (clip-weighted mean; plain even under label-aware
+  training so that options compare), and retrieval R@1/R@5 over the whole validation set.
+- Early stopping (``cfg.patience``) on the validation loss; the best epoch's weights are restored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+import torch
+from open_clip.loss import ClipLoss
+from tqdm.auto import tqdm
+
+from emi_lib.constants import EMOTIONS, clip_stem
+from emi_lib.eval.retrieval import retrieval_recall
+from emi_lib.models.aligner import AlignerConfig, ModalityTextAligner, build_loss, pad_batch
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def usable_ids(feats: dict, text: dict | None = None) -> list[str]:
+    """Ids with at least one frame (and a text embedding when ``text`` is given), sorted."""
+    return sorted(k for k, v in feats.items() if np.asarray(v).size > 0 and (text is None or k in text))
+
+
+def _text_matrix(text: dict, ids) -> torch.Tensor:
+    return torch.from_numpy(np.stack([np.asarray(text[i], dtype=np.float32).reshape(-1) for i in ids]))
+
+
+def label_matrix(labels: pd.DataFrame, ids) -> torch.Tensor:
+    """(n, 6) label rows for ``ids``; an index of integers also matches zero-padded string ids."""
+    lookup = {}
+    for idx, row in zip(labels.index, labels[list(EMOTIONS)].to_numpy(dtype=np.float32)):
+        lookup[str(idx)] = row
+        try:
+            lookup[clip_stem(idx)] = row
+        except (TypeError, ValueError):
+            pass
+    missing = [i for i in ids if str(i) not in lookup]
+    if missing:
+        raise KeyError(f"no labels for {len(missing)} clips, e.g. {missing[:5]}")
+    return torch.from_numpy(np.stack([lookup[str(i)] for i in ids]))
+
+
+def _length_batches(lengths, max_batch: int, max_tokens: int):
+    """Index batches in order of length, each with at most ``max_batch`` clips and ``max_tokens`` padded steps."""
+    order = np.argsort(lengths, kind="stable")
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) + 1 > max_batch or (len(batch) + 1) * max(lengths[i], 1) > max_tokens):
+            yield batch
+            batch = []
+        batch.append(int(i))
+    if batch:
+        yield batch
+
+
+@torch.no_grad()
+def encode_dataset(model: ModalityTextAligner, feats: dict, ids, text: dict | None = None,
+                   max_steps: int | None = None, max_batch: int = 128, max_tokens: int = 1 << 16):
+    """Normalised clip embeddings (n, E) for ``ids`` (and text embeddings (n, E) when ``text``), numpy."""
+    model.eval()
+    dev = next(model.parameters()).device
+    ids = list(ids)
+    arrs = [feats[i] for i in ids]
+    lengths = np.array([min(len(a), max_steps or len(a)) if np.asarray(a).size else 0 for a in arrs])
+    out = np.zeros((len(ids), model.cfg.embed_dim), dtype=np.float32)
+    for b in _length_batches(lengths, max_batch, max_tokens):
+        x, m = pad_batch([arrs[i] for i in b], dim=model.cfg.in_dim, max_steps=max_steps)
+        out[b] = model.encode_clip(x.to(dev), m.to(dev)).cpu().numpy()
+    if text is None:
+        return out
+    t = model.encode_text(_text_matrix(text, ids).to(dev)).cpu().numpy() if ids else out.copy()
+    return out, t
+
+
+@torch.no_grad()
+def _val_loss(model, feats, text, ids, batch_size: int, max_steps) -> float:
+    model.eval()
+    dev = next(model.parameters()).device
+    loss_fn, total, n = ClipLoss(), 0.0, 0
+    for s in range(0, len(ids), batch_size):
+        b = ids[s : s + batch_size]
+        if len(b) < 2:  # a one-pair "batch" has no negatives: its loss is 0 and says nothing
+            continue
+        x, m = pad_batch([feats[i] for i in b], max_steps=max_steps)
+        loss = loss_fn(*model(x.to(dev), m.to(dev), _text_matrix(text, b).to(dev)))
+        total, n = total + float(loss) * len(b), n + len(b)
+    return total / n if n else float("nan")
+
+
+def evaluate_aligner(model, feats: dict, text: dict, batch_size: int = 64, max_steps=None, text_keys=None) -> dict:
+    """Validation loss (plain ClipLoss) and retrieval R@1/R@5 on clips with frames and text."""
+    ids = usable_ids(feats, text)
+    clip, txt = encode_dataset(model, feats, ids, text, max_steps=max_steps)
+    keys = [text_keys[i] for i in ids] if text_keys is not None else None
+    rec = retrieval_recall(clip, txt, ks=(1, 5), text_keys=keys)
+    return {"val_loss": _val_loss(model, feats, text, ids, batch_size, max_steps), **rec}
+
+
+def _param_groups(model, weight_decay: float):
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train_aligner(cfg: AlignerConfig, train_feats: dict, train_text: dict, val_feats: dict | None = None,
+                  val_text: dict | None = None, train_labels: pd.DataFrame | None = None, progress: bool = True,
+                  val_text_keys: dict | None = None) -> tuple[ModalityTextAligner, pd.DataFrame]:
+    """Train one modality-text aligner; returns ``(model, history)`` with the model in eval mode on the CPU.
+
+    ``history`` has one row per epoch (row 0 = before training): ``train_loss``, ``val_loss``,
+    ``logit_scale`` (raw), ``scale`` (exp), ``temperature`` (1/exp), ``val_clip2text_R@1/5``,
+    ``val_text2clip_R@1/5``, ``val_chance_R@1``, ``seconds``. ``val_text_keys`` {id: prompt}
+    makes retrieval count any clip/text with the same prompt as a hit (see ``retrieval_recall``).
+    ``train_labels`` (index = clip ids, six emotion columns) is required when ``cfg.label_aware``."""
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    dev = resolve_device(cfg.device)
+    ids = usable_ids(train_feats, train_text)
+    if len(ids) < 2:
+        raise ValueError(f"contrastive training needs at least 2 clips with {cfg.modality} features and text, got {len(ids)}")
+    dims = {np.asarray(train_feats[i]).shape[-1] for i in ids}
+    if dims != {cfg.in_dim}:
+        raise ValueError(f"cfg.in_dim={cfg.in_dim} but the {cfg.modality} features have D in {sorted(dims)}")
+    if cfg.label_aware and train_labels is None:
+        raise ValueError("label_aware=True needs train_labels")
+    labels_all = label_matrix(train_labels, ids) if cfg.label_aware else None
+    text_all = _text_matrix(train_text, ids)
+    if text_all.shape[1] != cfg.text_dim:
+        raise ValueError(f"cfg.text_dim={cfg.text_dim} but the text embeddings have D={text_all.shape[1]}")
+    has_val = bool(val_feats) and bool(val_text) and len(usable_ids(val_feats, val_text)) >= 2
+    model = ModalityTextAligner(cfg).to(dev)
+    opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    loss_fn = build_loss(cfg)
+    bs = min(cfg.batch_size, len(ids))
+    n_batches = len(ids) // bs
+
+    def row(epoch, train_loss, t0):
+        r = {"epoch": epoch, "train_loss": train_loss, "logit_scale": model.logit_scale.item(),
+             "scale": math.exp(model.logit_scale.item()), "temperature": math.exp(-model.logit_scale.item())}
+        if has_val:
+            ev = evaluate_aligner(model, val_feats, val_text, cfg.batch_size, cfg.max_steps, val_text_keys)
+            r.update({("val_loss" if k == "val_loss" else f"val_{k}"): v for k, v in ev.items()})
+        r["seconds"] = time.perf_counter() - t0
+        return r
+
+    history = [row(0, float("nan"), time.perf_counter())]
+    best, best_state, stale = float("inf"), None, 0
+    bar = tqdm(range(1, cfg.epochs + 1), desc=f"stage 1 {cfg.modality}-text", disable=not progress)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        perm = rng.permutation(len(ids))
+        total = 0.0
+        for b in range(n_batches):
+            idx = torch.from_numpy(perm[b * bs : (b + 1) * bs])
+            x, m = pad_batch([train_feats[ids[i]] for i in idx.tolist()], max_steps=cfg.max_steps)
+            t = text_all[idx].to(dev)
+            out = model(x.to(dev), m.to(dev), t)
+            loss = loss_fn(*out, labels=labels_all[idx].to(dev)) if cfg.label_aware else loss_fn(*out)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            model.clamp_logit_scale()
+            total += loss.item()
+        history.append(row(epoch, total / n_batches, t0))
+        h = history[-1]
+        bar.set_postfix(loss=f"{h['train_loss']:.3f}", val=f"{h.get('val_loss', float('nan')):.3f}",
+                        T=f"{h['temperature']:.3f}")
+        if has_val and cfg.patience:
+            if h["val_loss"] < best - 1e-6:
+                best, stale = h["val_loss"], 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+                if stale >= cfg.patience:
+                    break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    hist = pd.DataFrame(history).set_index("epoch")
+    hist.attrs["best_epoch"] = int(hist["val_loss"].iloc[1:].idxmin()) if has_val and len(hist) > 1 else len(hist) - 1
+    return model.cpu().eval(), hist
+
+
+def save_aligner(model: ModalityTextAligner, cfg: AlignerConfig, path) -> Path:
+    """Write ``path`` (state dict, ``torch.save``) and ``path`` with suffix ``.json`` (the config),
+    each atomically (temporary file, then ``os.replace``). Returns the weights path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg_path = path.with_suffix(".json")
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, path)
+    tmp_cfg = cfg_path.with_name(cfg_path.name + ".tmp")
+    tmp_cfg.write_text(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+    os.replace(tmp_cfg, cfg_path)
+    return path
+
+
+def load_aligner(path, map_location="cpu") -> tuple[ModalityTextAligner, AlignerConfig]:
+    """Inverse of :func:`save_aligner`: ``torch.load(weights_only=True)`` and strict loading
+    (a missing or unexpected key raises). Returns ``(model in eval mode, cfg)``."""
+    path = Path(path)
+    cfg_path = path.with_suffix(".json")
+    if not path.exists() or not cfg_path.exists():
+        raise FileNotFoundError(f"aligner checkpoint needs {path} and {cfg_path}")
+    cfg = AlignerConfig.from_dict(json.loads(cfg_path.read_text()))
+    model = ModalityTextAligner(cfg)
+    model.load_state_dict(torch.load(path, map_location=map_location, weights_only=True), strict=True)
+    return model.eval(), cfg
+
+
+class AlignedFeatures(NamedTuple):
+    """What :func:`export_aligned` returns, for every input clip."""
+
+    clip_emb: dict  # id -> (E,) normalised clip embedding; zeros for a clip without frames
+    frame_seq: dict  # id -> (T, E) aligned frames (un-normalised g(f_t)); (0, E) for a clip without frames
+    missing: list  # ids without frames (zero embedding, empty sequence), sorted
+
+
+@torch.no_grad()
+def export_aligned(model: ModalityTextAligner, feats: dict, normalize_frames: bool = False,
+                   max_batch: int = 64, max_tokens: int = 1 << 16) -> AlignedFeatures:
+    """Aligned clip embeddings and full-length aligned frame sequences for every clip of ``feats``.
+
+    Frames are never subsampled here (stage 2 reads every step), so the clip embedding of a clip
+    longer than ``cfg.max_steps`` pools over all its frames. ``normalize_frames`` L2-normalises
+    each frame vector. Batches group clips of similar length, bounded by ``max_tokens`` padded steps."""
+    model.eval()
+    dev = next(model.parameters()).device
+    e = model.cfg.embed_dim
+    ids = list(feats)
+    clip_emb = {i: np.zeros(e, dtype=np.float32) for i in ids}
+    frame_seq = {i: np.zeros((0, e), dtype=np.float32) for i in ids}
+    present = usable_ids(feats)
+    lengths = np.array([len(feats[i]) for i in present])
+    for b in _length_batches(lengths, max_batch, max_tokens):
+        bids = [present[i] for i in b]
+        x, m = pad_batch([feats[i] for i in bids], dim=model.cfg.in_dim)
+        x, m = x.to(dev), m.to(dev)
+        h = model.encode_frames(x, m)
+        c = torch.nn.functional.normalize(model.pool_frames(h, m), dim=-1)
+        if normalize_frames:
+            h = torch.nn.functional.normalize(h, dim=-1)
+        h, c = h.cpu().numpy(), c.cpu().numpy()
+        for j, cid in enumerate(bids):
+            clip_emb[cid] = c[j]
+            frame_seq[cid] = np.ascontiguousarray(h[j, : len(feats[cid])])
+    missing = sorted(set(ids) - set(present))
+    return AlignedFeatures(clip_emb, frame_seq, missing)
+
+
+def write_aligned(store, aligned: AlignedFeatures, modality: str, backbone: str, split: str,
+                  clip_modality: str | None = None) -> None:
+    """Write frame sequences to ``store`` (a ``FeatureStore``) as ``modality`` (e.g. ``"vision_aligned"``)
+    and, when ``clip_modality`` is given, clip embeddings (as (1, E)) under that name."""
+    for cid, seq in aligned.frame_seq.items():
+        store.write(modality, backbone, split, cid, seq)
+        if clip_modality is not None:
+            store.write(clip_modality, backbone, split, cid, aligned.clip_emb[cid])

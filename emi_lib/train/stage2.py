@@ -1,0 +1,402 @@
+r"""Stage-2 training: ``EMIModel`` on per-clip sequences, with resumable, atomic checkpoints.
+
+Paper (arXiv 2503.10603, stage 2) gives no training recipe; everything here is ours and a field of
+:class:`Stage2Config`:
+
+- loss :math:`\lambda_{mse}\,\mathrm{MSE} + \lambda_{pcc}\,\frac16\sum_e(1 - r_e)` (:func:`emi_loss`, batch r);
+- AdamW (no weight decay on biases and norm gains: parameters with ndim <= 1), gradient clipping
+  on the global norm, and a per-step learning rate :math:`\eta_s = \eta\,f(s)` with linear warm-up
+  then cosine decay over the :math:`S` optimiser steps of the run (``LambdaLR``):
+
+  .. math::
+
+      f(s) = \frac{s + 1}{W} \;(s < W), \qquad
+      f(s) = \rho + (1 - \rho)\,\tfrac12\big(1 + \cos(\pi\,\tfrac{s - W}{\max(1, S - W)})\big) \;(s \ge W),
+
+  with :math:`W` = ``warmup_steps`` (or ``round(warmup_ratio * S)``) and :math:`\rho` = ``min_lr_ratio``;
+- early stopping on the validation mean PCC (``challenge_score`` over the **whole** validation set
+  after each epoch; a NaN score never counts as an improvement), ``patience`` epochs.
+
+Run folder: ``config.json`` (this config), ``checkpoint.pt`` (the latest state: model, optimiser,
+scheduler, epoch, step within the epoch, best score, early-stop counter, history, RNG states and the
+epoch's batch order; written every ``ckpt_every_steps`` steps and at every epoch end), ``best.pt``
+(the best validation weights), ``history.csv`` and ``data_summary.json`` (clips lacking each modality).
+All written atomically. A killed run restarts from ``checkpoint.pt`` and ends with the same metrics
+as an uninterrupted one: the batch order is a pure function of (seed, epoch) and the RNG states are
+restored, so dropout draws the same masks.
+
+DDP: ``rank``/``world_size`` default to ``torch.distributed`` when it is initialised. Each rank takes
+the training batches i % world_size == rank of the common order, the model is wrapped in
+``DistributedDataParallel``, predictions of all ranks are gathered before the metric, and only
+rank 0 writes files (its RNG state is the one checkpointed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emi_lib.constants import EMOTIONS
+from emi_lib.eval.metrics import challenge_score
+from emi_lib.features.quality import PRIOR_COLUMNS
+from emi_lib.models.emi_model import EMIModel, EMIModelConfig
+from emi_lib.train.checkpoint import (
+    atomic_torch_save,
+    atomic_write_json,
+    atomic_write_text,
+    load_checkpoint,
+    load_model_state,
+    unwrap,
+)
+from emi_lib.train.data import Stage2Data, Stage2Dataset, epoch_batches, eval_batches, shard, to_device
+from emi_lib.train.losses import emi_loss
+from emi_lib.train.seeding import rng_state, seed_everything, set_rng_state
+
+#: Config fields that may change between a run and its resume (they do not change the result).
+RESUMABLE_CHANGES = ("device", "num_workers", "ckpt_every_steps")
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised by the ``stop_after_steps`` hook (simulates a run killed mid-epoch)."""
+
+
+@dataclass
+class Stage2Config:
+    """One stage-2 run. JSON-able (``to_json``/``from_json``); unknown keys raise."""
+
+    model: dict = field(default_factory=lambda: EMIModelConfig().to_dict())  # EMIModelConfig fields
+    mse_weight: float = 1.0  # lambda_mse of the loss
+    pcc_weight: float = 1.0  # lambda_pcc of the loss (mean over emotions of 1 - batch r)
+    lr: float = 1e-3  # peak AdamW learning rate
+    weight_decay: float = 1e-2  # AdamW weight decay (weights only, not biases / norms)
+    warmup_steps: int | None = None  # linear warm-up steps; None = round(warmup_ratio * total steps)
+    warmup_ratio: float = 0.05  # warm-up share of all steps when warmup_steps is None
+    min_lr_ratio: float = 0.0  # floor of the cosine decay, as a share of lr
+    epochs: int = 30  # maximum epochs
+    batch_size: int = 32  # training clips per optimiser step (per rank under DDP)
+    eval_batch_size: int | None = None  # clips per evaluation batch; None = 2 * batch_size
+    grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
+    patience: int | None = 5  # stop after this many epochs without a better val mean PCC; None = off
+    min_delta: float = 0.0  # an improvement must exceed the best score by more than this
+    drop_last: bool = True  # drop an incomplete last training batch (never in evaluation)
+    seed: int = 0  # seeds init, dropout and the per-epoch batch order
+    deterministic: bool = True  # deterministic kernels where cheap (seeding.seed_everything)
+    max_len: int | None = 256  # longer vision (and audio) sequences are subsampled to this many steps
+    max_len_audio: int | None = None  # audio limit if it should differ; None = max_len
+    prior_columns: dict = field(default_factory=lambda: {k: list(v) for k, v in PRIOR_COLUMNS.items()})
+    # ^ prior-table columns fed per stream when model["use_priors"]; lengths must equal prior_dims
+    ckpt_every_steps: int | None = 50  # also checkpoint every this many optimiser steps; None = epochs only
+    restore_best: bool = True  # return (and leave in memory) the best validation weights
+    num_workers: int = 0  # DataLoader workers for training batches (0 = collate in this process)
+    device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:1" ...
+
+    def __post_init__(self):
+        if isinstance(self.model, EMIModelConfig):
+            self.model = self.model.to_dict()
+        mcfg = self.model_config()  # validates the model fields
+        self.model = mcfg.to_dict()
+        self.prior_columns = {str(k): [str(c) for c in v] for k, v in self.prior_columns.items()}
+        if mcfg.use_priors:
+            for m, d in mcfg.prior_dims.items():
+                if d and len(self.prior_columns.get(m, [])) != d:
+                    raise ValueError(f"model prior_dims[{m!r}] = {d} but prior_columns[{m!r}] = "
+                                     f"{self.prior_columns.get(m)}: give one column per prior value")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError("epochs and batch_size must be >= 1")
+
+    def model_config(self) -> EMIModelConfig:
+        return EMIModelConfig.from_dict(dict(self.model))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Stage2Config:
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown Stage2Config fields {unknown}")
+        return cls(**d)
+
+    def to_json(self, path=None) -> str:
+        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
+        if path is not None:
+            atomic_write_text(text, path)
+        return text
+
+    @classmethod
+    def from_json(cls, src) -> Stage2Config:
+        """From a JSON string or a path to a JSON file."""
+        s = str(src)
+        text = Path(s).read_text() if not s.lstrip().startswith("{") else s
+        return cls.from_dict(json.loads(text))
+
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
+    """Multiplier f(step) of the learning rate (module docstring)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _dist(rank, world_size) -> tuple[int, int]:
+    if rank is None or world_size is None:
+        d = torch.distributed
+        if d.is_available() and d.is_initialized():
+            return (d.get_rank() if rank is None else rank), (d.get_world_size() if world_size is None else world_size)
+        return (rank or 0), (world_size or 1)
+    return int(rank), int(world_size)
+
+
+def _gather(obj, world: int) -> list:
+    if world <= 1:
+        return [obj]
+    out = [None] * world
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def resolve_device(device: str = "auto", rank: int = 0, world: int = 1) -> torch.device:
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device(f"cuda:{rank % torch.cuda.device_count()}" if world > 1 else "cuda")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def _dataset(cfg: Stage2Config, data: Stage2Data) -> Stage2Dataset:
+    m = cfg.model_config()
+    dims = {"vision": m.vision_dim, "audio": m.audio_dim, "text": m.text_dim}
+    cols = cfg.prior_columns if m.use_priors else None
+    return Stage2Dataset(data, dims, cfg.max_len, cfg.max_len_audio, m.use_text, cols)
+
+
+def _iter_batches(ds: Stage2Dataset, batches: list, num_workers: int):
+    if num_workers <= 0:
+        return (ds.collate(b) for b in batches)
+    return iter(torch.utils.data.DataLoader(ds, batch_sampler=batches, collate_fn=ds.collate,
+                                            num_workers=num_workers, generator=torch.Generator()))
+
+
+@torch.no_grad()
+def _run_eval(model, ds: Stage2Dataset, batch_size: int, device, rank: int = 0, world: int = 1) -> dict:
+    """Predict every clip of ``ds`` (contiguous batches, none dropped; shards gathered under DDP)."""
+    net = unwrap(model)
+    was_training = net.training
+    net.eval()
+    parts = {"idx": [], "pred": [], "weights": [], "available": [], "scores": []}
+    for b in shard(eval_batches(len(ds), batch_size), rank, world, even=False):
+        out = net(to_device(ds.collate(b), device))
+        parts["idx"] += b
+        for k in ("pred", "weights", "available"):
+            parts[k].append(out[k].float().cpu().numpy())
+        if out["scores"] is not None:
+            parts["scores"].append(out["scores"].float().cpu().numpy())
+    net.train(was_training)
+    gathered = _gather({k: (v if k == "idx" else (np.concatenate(v) if v else None)) for k, v in parts.items()},
+                       world)
+    idx = np.concatenate([np.asarray(g["idx"], dtype=int) for g in gathered])
+    order = np.argsort(idx)
+    if not np.array_equal(idx[order], np.arange(len(ds))):
+        raise RuntimeError(f"evaluation scored {len(set(idx.tolist()))} of {len(ds)} clips")
+    res = {"modalities": list(net.modalities)}
+    for k in ("pred", "weights", "available", "scores"):
+        arrs = [g[k] for g in gathered if g[k] is not None]
+        res[k] = np.concatenate(arrs)[order] if arrs else None
+    return res
+
+
+def predict(model, data: Stage2Data, batch_size: int = 64, cfg: Stage2Config | None = None, device=None,
+            rank: int | None = None, world_size: int | None = None):
+    """Predictions for **every** clip of ``data`` (missing modalities included).
+
+    Returns ``(pred, weights, extras)``: ``pred`` DataFrame indexed by id with the six EMOTIONS columns,
+    ``weights`` DataFrame of per-clip fusion weights (one column per modality, 0 for a missing one),
+    ``extras`` {"available": bool DataFrame, "scores": quality scores DataFrame or None,
+    "missing": clips lacking each stream, "n": clip count}. ``cfg`` (max_len, prior columns) defaults
+    to the config the model was trained or loaded with (``model.stage2_config``)."""
+    net = unwrap(model)
+    cfg = cfg or getattr(net, "stage2_config", None) or Stage2Config(model=net.cfg.to_dict(), max_len=None)
+    rank, world = _dist(rank, world_size)
+    device = device or next(net.parameters()).device
+    res = _run_eval(model, _dataset(cfg, data), batch_size, device, rank, world)
+    ids = pd.Index(data.ids, name="Filename")
+    pred = pd.DataFrame(res["pred"], index=ids, columns=list(EMOTIONS))
+    weights = pd.DataFrame(res["weights"], index=ids, columns=res["modalities"])
+    extras = {"available": pd.DataFrame(res["available"].astype(bool), index=ids, columns=res["modalities"]),
+              "scores": None if res["scores"] is None else pd.DataFrame(res["scores"], index=ids,
+                                                                      columns=res["modalities"]),
+              "missing": data.missing_counts(), "n": len(ids)}
+    return pred, weights, extras
+
+
+def _fresh_state() -> dict:
+    accum = {"loss": 0.0, "mse": 0.0, "pcc": 0.0, "n": 0}
+    return {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_score": -math.inf, "best_epoch": 0,
+            "bad_epochs": 0, "finished": False, "history": [], "accum": accum}
+
+
+def _check_resumable(saved: dict, cfg: Stage2Config, path: Path) -> None:
+    now = cfg.to_dict()
+    diff = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if diff:
+        raise ValueError(f"{path} was written with another config (fields {diff} differ): use a new run_dir "
+                         "or resume=False")
+
+
+def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data, run_dir, progress: bool = True,
+                 resume: bool = True, rank: int | None = None, world_size: int | None = None,
+                 stop_after_steps: int | None = None):
+    """Train (or resume) a stage-2 run in ``run_dir``; returns ``(model, history)`` (module docstring).
+
+    ``stop_after_steps`` raises :class:`TrainingInterrupted` after that many optimiser steps (global
+    count) without writing anything more: a test hook that simulates a kill."""
+    from tqdm.auto import tqdm
+
+    rank, world = _dist(rank, world_size)
+    main = rank == 0
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device, rank, world)
+    seed_everything(cfg.seed, cfg.deterministic)
+    net = EMIModel(cfg.model_config()).to(device)
+    net.stage2_config = cfg
+    train_ds, val_ds = _dataset(cfg, train_data), _dataset(cfg, val_data)
+    if train_ds.labels is None or val_ds.labels is None:
+        raise ValueError("train_data and val_data need labels")
+    decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
+    no_decay = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    steps_per_epoch = len(shard(epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, 0, cfg.drop_last), rank, world))
+    total = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(cfg.warmup_ratio * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total, cfg.min_lr_ratio))
+    ckpt_path, best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"
+    st, saved_order = _fresh_state(), None
+    if resume and ckpt_path.exists():
+        ck = load_checkpoint(ckpt_path)  # on the CPU: RNG states must stay there
+        _check_resumable(ck["config"], cfg, ckpt_path)
+        load_model_state(net, ck["model"], str(ckpt_path))
+        opt.load_state_dict(ck["optimizer"])
+        sched.load_state_dict(ck["scheduler"])
+        st = {k: ck[k] for k in _fresh_state()}
+        saved_order = ck["batch_order"]
+        set_rng_state(ck["rng"])
+    elif main:
+        for stale in (ckpt_path, best_path):  # a fresh run must never restore an older run's weights
+            stale.unlink(missing_ok=True)
+        cfg.to_json(run_dir / "config.json")
+        missing = {"train": train_data.missing_counts(), "valid": val_data.missing_counts(),
+                   "n": {"train": len(train_ds), "valid": len(val_ds)}}
+        atomic_write_json(missing, run_dir / "data_summary.json")
+        if progress:
+            tqdm.write(f"stage 2: {len(train_ds)} train / {len(val_ds)} val clips; clips lacking a modality "
+                       f"(train {missing['train']}, val {missing['valid']})")
+    model = net
+    if world > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
+
+    def save(order):
+        if main:
+            atomic_torch_save({"format": 1, "config": cfg.to_dict(), "model": net.state_dict(),
+                               "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), **st,
+                               "batch_order": order, "rng": rng_state()}, ckpt_path)
+
+    val_labels = val_data.labels.loc[val_ds.ids, list(EMOTIONS)]
+    eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
+    ebar = tqdm(total=cfg.epochs, initial=st["epoch"], desc="epochs", disable=not (progress and main))
+    while not st["finished"]:
+        epoch, t0 = st["epoch"], time.perf_counter()
+        batches = shard(epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, epoch, cfg.drop_last), rank, world)
+        if st["step_in_epoch"] and saved_order is not None and saved_order != batches:
+            raise RuntimeError(f"{ckpt_path}: the saved batch order differs from the recomputed one")
+        model.train()
+        sbar = tqdm(total=len(batches), initial=st["step_in_epoch"], desc=f"epoch {epoch + 1}", leave=False,
+                    disable=not (progress and main))
+        for j, batch in enumerate(_iter_batches(train_ds, batches[st["step_in_epoch"]:], cfg.num_workers),
+                                  start=st["step_in_epoch"]):
+            batch = to_device(batch, device)
+            loss, parts = emi_loss(model(batch)["pred"], batch["labels"], cfg.mse_weight, cfg.pcc_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            b = len(batch["ids"])
+            acc = st["accum"]
+            acc.update(loss=acc["loss"] + loss.item() * b, mse=acc["mse"] + parts["mse"].item() * b,
+                       pcc=acc["pcc"] + parts["pcc"].item() * b, n=acc["n"] + b)
+            st["global_step"] += 1
+            st["step_in_epoch"] = j + 1
+            sbar.update()
+            sbar.set_postfix(loss=f"{loss.item():.4f}")
+            if cfg.ckpt_every_steps and st["global_step"] % cfg.ckpt_every_steps == 0 and j + 1 < len(batches):
+                save(batches)
+            if stop_after_steps is not None and st["global_step"] >= stop_after_steps:
+                sbar.close()
+                ebar.close()
+                raise TrainingInterrupted(f"stopped after step {st['global_step']} (stop_after_steps hook)")
+        sbar.close()
+        res = _run_eval(model, val_ds, eval_bs, device, rank, world)
+        pred = pd.DataFrame(res["pred"], index=val_labels.index, columns=list(EMOTIONS))
+        score = challenge_score(pred, val_labels)
+        vloss, vparts = emi_loss(torch.tensor(res["pred"]), torch.tensor(val_labels.to_numpy()),
+                                 cfg.mse_weight, cfg.pcc_weight)
+        gathered = _gather(st["accum"], world)
+        acc = {k: sum(a[k] for a in gathered) for k in st["accum"]}
+        n = max(acc["n"], 1)
+        row = {"epoch": epoch + 1, "step": st["global_step"], "lr": sched.get_last_lr()[0],
+               "train_loss": acc["loss"] / n, "train_mse": acc["mse"] / n, "train_pcc_term": acc["pcc"] / n,
+               "val_loss": vloss.item(), "val_mse": vparts["mse"].item(), "val_mean_pcc": score["mean"],
+               **{f"val_{e}": r for e, r in score["per_emotion"].items()},
+               "epoch_time_s": time.perf_counter() - t0}
+        st["history"].append(row)
+        if math.isfinite(score["mean"]) and score["mean"] > st["best_score"] + cfg.min_delta:
+            st.update(best_score=score["mean"], best_epoch=epoch + 1, bad_epochs=0)
+            if main:
+                atomic_torch_save({"format": 1, "config": cfg.to_dict(), "model": net.state_dict(),
+                                   "epoch": epoch + 1, "val_mean_pcc": score["mean"]}, best_path)
+        else:
+            st["bad_epochs"] += 1
+        stopped = cfg.patience is not None and st["bad_epochs"] >= cfg.patience
+        st.update(epoch=epoch + 1, step_in_epoch=0, accum=_fresh_state()["accum"],
+                  finished=stopped or epoch + 1 >= cfg.epochs)
+        save(None)
+        if main:
+            atomic_write_text(pd.DataFrame(st["history"]).to_csv(index=False), run_dir / "history.csv")
+        ebar.update()
+        ebar.set_postfix(val_pcc=f"{score['mean']:.4f}", best=f"{st['best_score']:.4f}")
+    ebar.close()
+    if cfg.restore_best and best_path.exists():
+        load_model_state(net, load_checkpoint(best_path)["model"], str(best_path))
+    history = pd.DataFrame(st["history"]).set_index("epoch", drop=False) if st["history"] else pd.DataFrame()
+    history.attrs.update(best_epoch=st["best_epoch"], best_score=st["best_score"],
+                         stopped_early=len(st["history"]) < cfg.epochs)
+    return net, history
+
+
+def load_weights(model: EMIModel, path, map_location="cpu") -> EMIModel:
+    """Load ``best.pt``/``checkpoint.pt`` weights into ``model``: weights-only, strict, with a clear
+    :class:`~emi_lib.train.checkpoint.CheckpointMismatchError` when the model's config differs."""
+    return load_model_state(model, load_checkpoint(path, map_location)["model"], str(path))
+
+
+def load_run(run_dir, which: str = "best", device: str = "cpu") -> tuple[EMIModel, Stage2Config]:
+    """The model of a run (``which`` = "best" or "checkpoint"), built from the checkpoint's own config."""
+    path = Path(run_dir) / f"{which}.pt"
+    ck = load_checkpoint(path, map_location=device)
+    cfg = Stage2Config.from_dict(ck["config"])
+    model = load_model_state(EMIModel(cfg.model_config()), ck["model"], str(path)).to(device)
+    model.stage2_config = cfg
+    return model.eval(), cfg

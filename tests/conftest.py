@@ -1,0 +1,56 @@
+"""Shared fixtures. Everything runs offline and on the CPU."""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+matplotlib.use("Agg")
+
+
+@pytest.fixture(scope="session")
+def smoke_root(tmp_path_factory):
+    """A SynthMimic root generated once per test session with the smoke profile, seed 0."""
+    from emi_lib.data.synth import SynthConfig, generate
+
+    out = tmp_path_factory.mktemp("synth_smoke")
+    generate(out, SynthConfig.from_profile("smoke", seed=0), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def notebook_env(tmp_path_factory):
+    """Smoke notebook runs share one SynthMimic root and feature store through EMI_RUNS_DIR
+    (make test sets it; else a session temp dir). Figures never go to the repo's figures/."""
+    if not os.environ.get("EMI_RUNS_DIR"):
+        os.environ["EMI_RUNS_DIR"] = str(tmp_path_factory.mktemp("runs"))
+    os.environ.setdefault("EMI_FIGURES_DIR", str(tmp_path_factory.mktemp("figures")))
+    return os.environ["EMI_RUNS_DIR"]
+
+
+@pytest.fixture
+def run_notebook(notebook_env, tmp_path):
+    """Execute ``notebooks/<name>`` with papermill (PROFILE="smoke", RUN_DIR in tmp_path) from a
+    working directory other than notebooks/; return (records read back from metrics.json, run dir)."""
+    from pathlib import Path
+
+    import papermill as pm
+
+    from emi_lib.notebook import read_records
+
+    nb_dir = Path(__file__).resolve().parent.parent / "notebooks"
+
+    def _run(name: str, **params):
+        out_dir = tmp_path / "run"
+        cwd = tmp_path / "elsewhere"
+        cwd.mkdir(exist_ok=True)
+        pm.execute_notebook(str(nb_dir / name), str(tmp_path / name),
+                            parameters={"PROFILE": "smoke", "SEED": 0, "RUN_DIR": str(out_dir), **params},
+                            kernel_name="python3", cwd=str(cwd), progress_bar=False)
+        return read_records(out_dir), out_dir
+
+    return _run

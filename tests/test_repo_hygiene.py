@@ -1,0 +1,67 @@
+"""Repository rules that CI enforces: pins agree, notebooks are clean and parameterised."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;#]+)$")
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _pins(lines) -> dict[str, str]:
+    out = {}
+    for raw in lines:
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        m = PIN.match(line)
+        assert m, f"not an exact pin: {line!r}"
+        out[_norm(m.group(1))] = m.group(2)
+    return out
+
+
+def test_requirements_are_exact_pins_and_in_the_lock():
+    req = _pins((ROOT / "requirements.txt").read_text().splitlines())
+    lock = _pins((ROOT / "requirements.lock").read_text().splitlines())
+    assert len(lock) > len(req) > 10
+    for name, ver in req.items():
+        assert lock.get(name) == ver, f"{name}=={ver} in requirements.txt but {lock.get(name)} in requirements.lock"
+
+
+def test_environment_yml_agrees_with_requirements():
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    deps = env["dependencies"]
+    assert any(str(d).startswith("python=3.11") for d in deps if isinstance(d, str))
+    pip_section = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
+    assert "-e ." in pip_section, "the pip section must install the project"
+    env_pins = _pins([p for p in pip_section if p != "-e ."])
+    req = _pins((ROOT / "requirements.txt").read_text().splitlines())
+    assert env_pins == req
+
+
+def test_there_are_numbered_notebooks():
+    assert NOTEBOOKS, "notebooks/ holds no numbered notebook"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_clean_and_parameterised(path):
+    nb = json.loads(path.read_text())
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    dirty = [i for i, c in enumerate(nb["cells"]) if c.get("outputs") or c.get("execution_count")]
+    assert not dirty, f"{path.name}: cells {dirty} keep outputs or execution counts (strip them)"
+    params = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(params) == 1, f"{path.name}: {len(params)} cells tagged 'parameters' (want exactly 1)"
+    src = "".join(params[0]["source"])
+    for name in ("PROFILE", "SEED", "RUN_DIR", "DATA_ROOT"):
+        assert re.search(rf"^{name}\s*=", src, re.M), f"{path.name}: parameter {name} missing"
+    assert "default_profile()" in src, f"{path.name}: PROFILE must default to the EMI_PROFILE environment variable"
