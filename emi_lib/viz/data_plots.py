@@ -103,7 +103,7 @@ def plot_probe_table(table: pd.DataFrame, ceiling_row: str = "noise ceiling"):
             ax.hlines(table.loc[ceiling_row, emo], i - 0.45, i + 0.45, color="k", lw=2,
                       label=ceiling_row if i == 0 else None)
     ax.set_ylim(min(0.0, long["PCC"].min() - 0.05), 1.0)
-    ax.legend(ncol=4, fontsize=8, loc="upper left")
+    ax.legend(ncol=7, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), frameon=False)
     ax.set_title("Ridge on per-clip summary features: PCC per emotion")
     fig.tight_layout()
     return fig
