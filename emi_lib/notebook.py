@@ -53,6 +53,21 @@ def synth_root(profile: str, seed: int) -> Path:
     return runs_root(profile) / f"synthmimic_{gen_profile}_seed{seed}"
 
 
+def resolve_data_root(data_root: str | os.PathLike | None, profile: str, seed: int) -> Path:
+    """The ``DATA_ROOT`` parameter of every notebook: a given path (a Hume-Vidmimic2 root), or, when
+    empty, the shared SynthMimic root of this profile and seed (generated once, reused after).
+    Profile ``full`` without a root uses SynthMimic's ``demo`` profile."""
+    if data_root:
+        root = Path(data_root).expanduser().resolve()
+        if not root.is_dir():
+            raise FileNotFoundError(f"DATA_ROOT {root} is not a folder")
+        return root
+    from emi_lib.data.synth import ensure_synthmimic
+
+    gen_profile = "demo" if profile == "full" else profile
+    return Path(ensure_synthmimic(synth_root(profile, seed), profile=gen_profile, seed=seed)).resolve()
+
+
 def figures_dir() -> Path:
     """``$EMI_FIGURES_DIR`` or ``<repo>/figures``: where a demo run publishes its key figures."""
     env = os.environ.get("EMI_FIGURES_DIR")
