@@ -22,6 +22,7 @@ $(STAMP): requirements.txt requirements.lock pyproject.toml
 
 demo: $(STAMP)
 	$(PY) -m emi_lib.run_notebooks --profile demo --out runs/demo
+	$(PY) -m emi_lib.report
 
 test: $(STAMP)
 	rm -rf $(TEST_RUNS)

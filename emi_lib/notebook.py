@@ -87,6 +87,37 @@ def save_figure(fig, name: str, out_dir: Path, *, publish: bool = False, dpi: in
     return path
 
 
+def markdown_table(df, digits: int = 3) -> str:
+    """A DataFrame as a GitHub markdown table (floats with ``digits`` decimals, NaN as "–")."""
+    def cell(v):
+        if isinstance(v, float):
+            return "–" if not math.isfinite(v) else f"{v:.{digits}f}"
+        return str(v).replace("|", "\\|")
+
+    name = df.index.name or ""
+    lines = ["| " + " | ".join([name, *map(str, df.columns)]) + " |", "|" + "---|" * (len(df.columns) + 1)]
+    for idx, row in df.iterrows():
+        lines.append("| " + " | ".join([cell(idx), *(cell(v) for v in row.tolist())]) + " |")
+    return "\n".join(lines)
+
+
+def save_table(table, name: str, out_dir: Path, *, publish: bool = False, caption: str = "", digits: int = 3) -> Path:
+    """Write ``table`` (a DataFrame, or markdown text) as ``out_dir/name.md``; with ``publish`` also to
+    ``<figures_dir>/tables/name.md``, where ``python -m emi_lib.report`` picks it up for the README's
+    results section (tables are written by the notebooks, never typed)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    text = table if isinstance(table, str) else markdown_table(table, digits)
+    text = (f"{caption}\n\n" if caption else "") + text.rstrip() + "\n"
+    path = out_dir / f"{name}.md"
+    path.write_text(text)
+    if publish:
+        dest = figures_dir() / "tables"
+        dest.mkdir(parents=True, exist_ok=True)
+        (dest / path.name).write_text(text)
+    return path
+
+
 def _jsonable(value):
     if hasattr(value, "to_dict"):
         value = value.to_dict()

@@ -46,7 +46,22 @@ def main(argv: list[str] | None = None) -> int:
         timings.append((nb.name, time.perf_counter() - t0))
     for name, sec in timings:
         print(f"{name}: {sec:.1f} s")
-    print(f"total: {sum(s for _, s in timings):.1f} s; executed notebooks in {out}")
+    total = sum(s for _, s in timings)
+    print(f"total: {total:.1f} s; executed notebooks in {out}")
+    if args.profile == "demo" and not args.only:
+        import datetime
+        import platform
+
+        import pandas as pd
+
+        from emi_lib.notebook import save_table
+
+        table = pd.DataFrame({"wall time (s)": [s for _, s in timings] + [total],
+                              "minutes": [s / 60 for _, s in timings] + [total / 60]},
+                             index=pd.Index([n for n, _ in timings] + ["total"], name="notebook"))
+        save_table(table, "demo_timing", out, publish=True, digits=1,
+                   caption=f"`make demo` on {os.cpu_count()} CPU cores ({platform.machine()}, "
+                           f"{datetime.date.today().isoformat()}), set-up excluded, papermill wall time per notebook")
     return 0
 
 

@@ -58,8 +58,14 @@ def _json_safe(obj):
 
 
 def generate(out_dir: str | os.PathLike, cfg: SynthConfig, workers: int | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, splits=None) -> dict:
     """Write a complete SynthMimic root (Hume-Vidmimic2 layout) into ``out_dir``; return the manifest.
+
+    ``splits`` (default all three) renders and lists only those splits: e.g. ``("test",)`` makes a
+    test set for a robustness sweep. The clips of a split are the same whatever the corruption
+    rates (latents, labels, durations, subjects and content come from per-clip seeded streams;
+    only the corruption kinds are drawn with the rates), so test sets regenerated at rising
+    corruption hold the same clips and labels.
 
     ``workers`` processes render clips (default ``os.cpu_count()``; 1 = in this process). The
     output does not depend on ``workers``. Workers are started with ``forkserver`` (or ``spawn``),
@@ -71,7 +77,11 @@ def generate(out_dir: str | os.PathLike, cfg: SynthConfig, workers: int | None =
     out = Path(out_dir)
     _prepare(out)
     subjects = make_subjects(cfg)
-    plan = make_plan(cfg)
+    splits = ("train", "valid", "test") if splits is None else tuple(splits)
+    bad = set(splits) - {"train", "valid", "test"}
+    if bad or not splits:
+        raise ValueError(f"splits must be a non-empty subset of train/valid/test, got {splits}")
+    plan = [p for p in make_plan(cfg) if p.split in splits]
     tasks = [(cfg, p, subjects[p.subject], str(out)) for p in plan]
     workers = max(1, min(int(workers or os.cpu_count() or 1), len(tasks)))
     bar = tqdm(total=len(tasks), desc=f"SynthMimic {cfg.profile}", unit="clip", disable=not progress)
@@ -88,7 +98,7 @@ def generate(out_dir: str | os.PathLike, cfg: SynthConfig, workers: int | None =
     bar.close()
     records.sort(key=lambda r: r["Filename"])
 
-    by_split = {s: [p for p in plan if p.split == s] for s in ("train", "valid", "test")}
+    by_split = {s: [p for p in plan if p.split == s] for s in ("train", "valid", "test") if s in splits}
     for split, plans in by_split.items():
         labels = pd.DataFrame([p.label for p in plans], columns=list(EMOTIONS))
         labels.insert(0, "Filename", [p.clip_id for p in plans])
@@ -118,8 +128,9 @@ def generate(out_dir: str | os.PathLike, cfg: SynthConfig, workers: int | None =
         "seed": cfg.seed,
         "profile": cfg.profile,
         "config": _json_safe(asdict(cfg)),
+        "splits": list(by_split),
         "counts": {s: len(p) for s, p in by_split.items()},
-        "ids": {s: [int(r.start), int(r.stop - 1)] for s, r in cfg.split_ids().items()},
+        "ids": {s: [int(r.start), int(r.stop - 1)] for s, r in cfg.split_ids().items() if s in by_split},
         "noise_ceiling": ceiling,
         "corruption_counts": {
             "face": {k: int(v) for k, v in corr["face_corruption"].value_counts().sort_index().items()},
@@ -146,13 +157,15 @@ def read_manifest(root: str | os.PathLike) -> dict | None:
 
 
 def ensure_synthmimic(out_dir: str | os.PathLike, profile: str = "demo", seed: int = 0, *,
-                      workers: int | None = None, progress: bool = True, **overrides) -> Path:
+                      workers: int | None = None, progress: bool = True, splits=None, **overrides) -> Path:
     """Generate a SynthMimic root into ``out_dir`` unless one with exactly this config (and
     generator version) is already there. ``overrides`` go to :meth:`SynthConfig.from_profile`
     (``occlusion_rate=``, ``noise_rate=`` or any field). Returns ``Path(out_dir)``.
     """
     cfg = SynthConfig.from_profile(profile, seed=seed, **overrides)
+    want = ["train", "valid", "test"] if splits is None else [s for s in ("train", "valid", "test") if s in splits]
     man = read_manifest(out_dir)
-    if man is None or man.get("version") != GENERATOR_VERSION or man.get("config") != _json_safe(asdict(cfg)):
-        generate(out_dir, cfg, workers=workers, progress=progress)
+    if (man is None or man.get("version") != GENERATOR_VERSION or man.get("config") != _json_safe(asdict(cfg))
+            or man.get("splits", ["train", "valid", "test"]) != want):
+        generate(out_dir, cfg, workers=workers, progress=progress, splits=want)
     return Path(out_dir)

@@ -1,0 +1,262 @@
+"""The ablation study of notebook 03: which part of the method carries the score?
+
+Every variant is trained with the same data, split, budget (``emi_lib.train.budgets``) and early
+stopping as notebook 02's full model, once per seed; only the named part changes. The paper
+(arXiv 2503.10603) claims that stage-1 alignment, the TCN / gated-BiLSTM split and quality-guided
+fusion each help; each variant below removes or replaces exactly one of them.
+
+Runs are cached: ``<out>/models/<variant>/seed<k>/result.json`` holds the config and the scores, and a
+rerun with the same config and evaluation clips reuses it (a changed config retrains from scratch).
+Training runs in ``workers`` processes (one torch thread each): two workers on a 2-core machine halve
+the wall time of the study.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import multiprocessing as mp
+import shutil
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from emi_lib.constants import EMOTIONS
+from emi_lib.eval.metrics import challenge_score
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One arm of the ablation. ``inputs``: "stage1" (aligned sequences) or "raw" (backbone features)."""
+
+    label: str  # name in tables and plots
+    kind: str = "stage2"  # "stage2" (trained EMIModel) | "ridge" (closed-form baseline)
+    inputs: str = "stage1"
+    fusion: str = "quality"  # EMIModelConfig.fusion
+    use_priors: bool = True  # signal priors for the quality estimators (quality fusion only)
+    swap_encoders: bool = False  # TCN over audio, gated BiLSTM over vision
+    use_text: bool = False  # transcript embedding as a third stream
+    tests: str = ""  # the claim this arm tests
+
+
+#: key -> variant, in table order; "full" is the reference of every paired comparison.
+VARIANTS: dict[str, Variant] = {
+    "full": Variant("full (quality fusion)", tests="reference: the method as described"),
+    "no_stage1": Variant("no stage 1 (raw features)", inputs="raw", tests="stage-1 alignment helps"),
+    "equal": Variant("equal-weight fusion", fusion="equal", use_priors=False, tests="quality guidance helps"),
+    "static": Variant("static learned weights", fusion="static", use_priors=False, tests="quality guidance helps"),
+    "concat": Variant("concatenation", fusion="concat", use_priors=False, tests="quality guidance helps"),
+    "vision_only": Variant("vision only (TCN)", fusion="vision_only", use_priors=False, tests="fusion helps"),
+    "audio_only": Variant("audio only (gated BiLSTM)", fusion="audio_only", use_priors=False, tests="fusion helps"),
+    "swapped": Variant("swapped encoders", swap_encoders=True, tests="TCN for vision, BiLSTM for audio helps"),
+    "text": Variant("text as third stream", use_text=True, tests="(ours) does the transcript add information?"),
+    "ridge": Variant("ridge on mean-pooled features", kind="ridge", inputs="raw", tests="a linear baseline"),
+}
+
+_WORKER: dict = {}
+
+
+def variant_config(key: str, profile: str, dims: dict, seed: int, n_train: int, **overrides):
+    """The :class:`~emi_lib.train.stage2.Stage2Config` of a stage-2 variant."""
+    from emi_lib.train.budgets import stage2_config
+
+    v = VARIANTS[key]
+    return stage2_config(profile, dims, fusion=v.fusion, use_priors=v.use_priors, seed=seed, use_text=v.use_text,
+                         swap_encoders=v.swap_encoders, n_train=n_train, **overrides)
+
+
+def _ids_hash(ids) -> str:
+    return hashlib.sha1("\n".join(map(str, ids)).encode()).hexdigest()[:12]
+
+
+def _score_dict(pred: pd.DataFrame, labels: pd.DataFrame) -> dict:
+    s = challenge_score(pred, labels.loc[pred.index])
+    if not np.isfinite(s["mean"]):
+        raise RuntimeError(f"the score is not finite ({s}): a constant prediction column?")
+    return {"mean": s["mean"], **s["per_emotion"]}
+
+
+def _init_worker(sets: dict, eval_split: str, eval_labels: pd.DataFrame) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER.update(sets=sets, eval_split=eval_split, eval_labels=eval_labels)
+
+
+def _train_task(task: dict) -> dict:
+    """Train one (variant, seed) in this process (worker or main) and score it; writes result.json."""
+    from emi_lib.train.stage2 import Stage2Config, predict, train_stage2
+
+    sets = _WORKER["sets"][task["inputs"]]
+    cfg = Stage2Config.from_dict(task["config"])
+    folder = Path(task["run_dir"])
+    shutil.rmtree(folder, ignore_errors=True)
+    t0 = time.perf_counter()
+    model, hist = train_stage2(cfg, sets["train"], sets["valid"], folder, progress=False, resume=False)
+    train_s = time.perf_counter() - t0
+    pred, weights, _ = predict(model, sets[_WORKER["eval_split"]], batch_size=64)
+    pred.to_csv(folder / "eval_predictions.csv")
+    weights.to_csv(folder / "eval_weights.csv")
+    res = {"variant": task["variant"], "seed": task["seed"], "config": task["config"], "eval_ids": task["eval_ids"],
+           "eval_split": _WORKER["eval_split"], "eval": _score_dict(pred, _WORKER["eval_labels"]),
+           "val_best": float(hist.attrs["best_score"]), "best_epoch": int(hist.attrs["best_epoch"]),
+           "epochs": len(hist), "train_s": round(train_s, 2)}
+    (folder / "result.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
+def _cached(task: dict) -> dict | None:
+    path = Path(task["run_dir"]) / "result.json"
+    if not path.exists() or not (Path(task["run_dir"]) / "best.pt").exists():
+        return None
+    res = json.loads(path.read_text())
+    same = res.get("config") == task["config"] and res.get("eval_ids") == task["eval_ids"]
+    return res if same else None
+
+
+def ridge_scores(raw_sets: dict, eval_split: str, eval_labels: pd.DataFrame) -> dict:
+    """Ridge (alpha by leave-one-out CV on train) on each clip's mean-pooled (z-scored) vision and audio
+    features plus two availability flags, scored on ``eval_split``. Deterministic: the same for every seed."""
+    from emi_lib.eval.probe import fit_ridge
+
+    def design(d):
+        cols = []
+        for m in ("vision", "audio"):
+            dim = d.dims()[m]
+            feats = [np.asarray(getattr(d, m).get(i, np.zeros((0, dim)))) for i in d.ids]
+            cols.append(np.stack([f.mean(0) if f.size else np.zeros(dim) for f in feats]))
+            cols.append(np.array([[float(f.size > 0)] for f in feats]))
+        return np.hstack(cols)
+
+    tr = raw_sets["train"]
+    model = fit_ridge(design(tr), tr.labels.loc[tr.ids, list(EMOTIONS)].to_numpy())
+    ev = raw_sets[eval_split]
+    pred = pd.DataFrame(np.clip(model.predict(design(ev)), 0, 1), index=ev.ids, columns=list(EMOTIONS))
+    return _score_dict(pred, eval_labels)
+
+
+def run_ablation(variants, seeds, sets_by_inputs: dict, eval_split: str, eval_labels: pd.DataFrame, out_dir,
+                 profile: str, dims_by_inputs: dict, workers: int = 1, overrides: dict | None = None,
+                 progress: bool = True) -> pd.DataFrame:
+    """Train and score every (variant, seed); return the long table: one row per variant and seed with
+    ``key, variant, seed, mean, <six emotions>, val_best, best_epoch, epochs, train_s, cached``.
+
+    ``sets_by_inputs``: {"stage1": {split: Stage2Data}, "raw": {...}} (a variant whose inputs are missing
+    raises). ``eval_labels``: labels of ``eval_split`` (SynthMimic's hidden test labels, or validation
+    labels on real data). Every clip of the split is scored; a non-finite score raises."""
+    out = Path(out_dir)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    eval_labels = eval_labels.copy()
+    eval_labels.index = [str(i) for i in eval_labels.index]
+    for key in variants:
+        if VARIANTS[key].inputs not in sets_by_inputs:
+            raise ValueError(f"variant {key!r} needs {VARIANTS[key].inputs!r} inputs, which were not given")
+    tasks, rows = [], []
+    for key in variants:
+        v = VARIANTS[key]
+        if v.kind == "ridge":
+            s = ridge_scores(sets_by_inputs[v.inputs], eval_split, eval_labels)
+            rows += [{"key": key, "variant": v.label, "seed": seed, **s, "cached": False} for seed in seeds]
+            continue
+        sets = sets_by_inputs[v.inputs]
+        for seed in seeds:
+            cfg = variant_config(key, profile, dims_by_inputs[v.inputs], seed, len(sets["train"]), **overrides)
+            tasks.append({"variant": key, "seed": int(seed), "inputs": v.inputs, "config": cfg.to_dict(),
+                          "eval_ids": _ids_hash(sets[eval_split].ids), "run_dir": str(out / "models" / key / f"seed{seed}")})
+    results = [r for r in (_cached(t) for t in tasks) if r is not None]
+    todo = [t for t in tasks if _cached(t) is None]
+    bar = tqdm(total=len(tasks), desc="ablation runs", unit="run", disable=not progress, initial=len(results))
+    needed = {t["inputs"] for t in todo}
+    init = ({k: v for k, v in sets_by_inputs.items() if k in needed}, eval_split, eval_labels)
+    if workers <= 1 or len(todo) <= 1:
+        _init_worker(*init)
+        for t in todo:
+            results.append(_train_task(t))
+            bar.update()
+    else:
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_init_worker,
+                                 initargs=init) as pool:
+            futures = [pool.submit(_train_task, t) for t in todo]
+            for f in as_completed(futures):
+                results.append(f.result())
+                bar.update()
+    bar.close()
+    cached = {(t["variant"], t["seed"]) for t in tasks} - {(t["variant"], t["seed"]) for t in todo}
+    for r in results:
+        rows.append({"key": r["variant"], "variant": VARIANTS[r["variant"]].label, "seed": r["seed"], **r["eval"],
+                     "val_best": r["val_best"], "best_epoch": r["best_epoch"], "epochs": r["epochs"],
+                     "train_s": r["train_s"], "cached": (r["variant"], r["seed"]) in cached})
+    order = {k: i for i, k in enumerate(variants)}
+    df = pd.DataFrame(rows)
+    return df.sort_values(["key", "seed"], key=lambda s: s.map(order) if s.name == "key" else s).reset_index(drop=True)
+
+
+def describe_variants(variants) -> pd.DataFrame:
+    """The variants as a table (what each changes and which claim it tests)."""
+    return pd.DataFrame({k: {f: getattr(VARIANTS[k], f) for f in ("label", "kind", "inputs", "fusion", "use_priors",
+                                                                   "swap_encoders", "use_text", "tests")}
+                         for k in variants}).T
+
+
+def variant_dict(key: str) -> dict:
+    return asdict(VARIANTS[key])
+
+
+def paired_table(scores: pd.DataFrame, reference: str = "full", column: str = "mean") -> pd.DataFrame:
+    """For every variant but the reference: the reference's advantage ``reference - variant`` on
+    ``column`` over their common seeds (:func:`emi_lib.eval.stats.paired_comparison`); "holds" means
+    the reference is better with the whole 95% interval above 0."""
+    from emi_lib.eval.stats import paired_comparison
+
+    ref = scores[scores["key"] == reference].set_index("seed")[column].to_dict()
+    if not ref:
+        raise ValueError(f"no rows of the reference variant {reference!r}")
+    rows = {}
+    for key, g in scores[scores["key"] != reference].groupby("key", sort=False):
+        c = paired_comparison(ref, g.set_index("seed")[column].to_dict())
+        rows[key] = {"variant": VARIANTS[key].label, "claim tested": VARIANTS[key].tests, **c}
+    return pd.DataFrame(rows).T.rename_axis("key")
+
+
+#: claim -> the variants whose paired comparison with the full model tests it
+CLAIMS = {
+    "stage-1 alignment helps": ["no_stage1"],
+    "quality-guided fusion beats fusion without quality guidance": ["equal", "static", "concat"],
+    "fusing both modalities beats either alone": ["vision_only", "audio_only"],
+    "TCN for vision and gated BiLSTM for audio beat the swapped assignment": ["swapped"],
+    "the full model beats a linear baseline": ["ridge"],
+}
+
+
+def _diff_text(row) -> str:
+    if not np.isfinite(float(row["lo"])):
+        return f"{float(row['diff']):+.3f} (1 seed, no interval)"
+    return f"{float(row['diff']):+.3f} [{float(row['lo']):+.3f}, {float(row['hi']):+.3f}] ({row['verdict']})"
+
+
+def claim_verdicts(paired: pd.DataFrame) -> pd.DataFrame:
+    """One row per claim: "held" when every comparison of the claim holds, "contradicted" when one is
+    reversed, "not shown" otherwise (or "untestable" with one seed, "not run" without its variants)."""
+    rows = {}
+    for claim, keys in CLAIMS.items():
+        got = [k for k in keys if k in paired.index]
+        v = [paired.loc[k, "verdict"] for k in got]
+        if not got:
+            verdict = "not run"
+        elif "untestable" in v:
+            verdict = "untestable (1 seed)"
+        elif all(x == "holds" for x in v):
+            verdict = "held"
+        elif "reversed" in v:
+            verdict = "contradicted"
+        else:
+            verdict = "not shown"
+        detail = "; ".join(f"full − {paired.loc[k, 'variant']}: {_diff_text(paired.loc[k])}" for k in got)
+        rows[claim] = {"verdict": verdict, "evidence": detail}
+    return pd.DataFrame(rows).T.rename_axis("claim")

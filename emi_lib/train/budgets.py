@@ -1,0 +1,59 @@
+"""Named stage-2 budgets (model sizes, epochs, sequence caps) per profile, and the config builder the
+notebooks share, so notebook 02's full model and notebook 03's ablation variants are the same model.
+
+Every number is ours (the paper gives none): the demo budget trains one model in 10-35 s on one CPU
+thread; smoke is only for tests; full is a starting point for real data on a GPU.
+"""
+
+from __future__ import annotations
+
+from emi_lib.models.emi_model import EMIModelConfig
+from emi_lib.train.stage2 import Stage2Config
+
+#: profile -> sizes and budget of the stage-2 model
+STAGE2_BUDGET: dict[str, dict] = {
+    "smoke": dict(tcn_channels=[16, 16],  # TCN channels per residual block (2 blocks: RF 13 steps)
+                  lstm_hidden=16,  # BiLSTM hidden size per direction
+                  fusion_dim=16, head_hidden=16,  # fused vector size, head MLP hidden size
+                  epochs=3,  # maximum epochs (early stopping may end sooner)
+                  max_len=48, max_len_audio=64),  # steps kept per clip (evenly spaced)
+    "demo": dict(tcn_channels=[64, 64, 64, 64], lstm_hidden=48, fusion_dim=64, head_hidden=64, epochs=25,
+                 max_len=128, max_len_audio=150),
+    "full": dict(tcn_channels=[128, 128, 128, 128], lstm_hidden=128, fusion_dim=128, head_hidden=64, epochs=30,
+                 max_len=256, max_len_audio=512),
+}
+
+#: training hyper-parameters shared by every profile (notebook parameters may override them)
+TRAIN_DEFAULTS = dict(lr=2e-3,  # peak AdamW learning rate
+                      batch_size=32,  # clips per step
+                      patience=6,  # early stopping on the validation mean PCC
+                      mse_weight=1.0, pcc_weight=1.0,  # loss = mse_weight * MSE + pcc_weight * mean(1 - r)
+                      tcn_kernel=3, tau=1.0,  # TCN kernel size; softmax temperature of the quality weights
+                      quality_hidden=32, dropout=0.1)  # quality-MLP size; dropout of TCN, LSTM and head
+
+
+def budget(profile: str) -> dict:
+    """The profile's budget (``full`` for any profile name not listed, e.g. a real-data run)."""
+    return dict(STAGE2_BUDGET.get(profile, STAGE2_BUDGET["full"]))
+
+
+def stage2_config(profile: str, dims: dict, *, fusion: str = "quality", use_priors: bool = True, seed: int = 0,
+                  use_text: bool = False, swap_encoders: bool = False, n_train: int | None = None,
+                  **overrides) -> Stage2Config:
+    """A :class:`Stage2Config` for ``profile``. ``dims``: {"vision": D, "audio": D, "text": D or None}.
+    Priors are used only by quality fusion. ``overrides``: any budget or ``TRAIN_DEFAULTS`` key (None = keep)."""
+    b = budget(profile) | dict(TRAIN_DEFAULTS)
+    b.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(overrides) - set(b)
+    if unknown:
+        raise TypeError(f"unknown stage-2 budget key(s) {sorted(unknown)}")
+    model = EMIModelConfig(
+        vision_dim=dims["vision"], audio_dim=dims["audio"], text_dim=dims.get("text") or 384, use_text=use_text,
+        tcn_channels=list(b["tcn_channels"]), tcn_kernel=b["tcn_kernel"], lstm_hidden=b["lstm_hidden"],
+        fusion_dim=b["fusion_dim"], head_hidden=b["head_hidden"], quality_hidden=b["quality_hidden"], tau=b["tau"],
+        tcn_dropout=b["dropout"], lstm_dropout=b["dropout"], head_dropout=b["dropout"],
+        fusion=fusion, use_priors=bool(use_priors and fusion == "quality"), swap_encoders=swap_encoders)
+    batch = b["batch_size"] if n_train is None else min(b["batch_size"], n_train)
+    return Stage2Config(model=model.to_dict(), mse_weight=b["mse_weight"], pcc_weight=b["pcc_weight"], lr=b["lr"],
+                        epochs=b["epochs"], batch_size=batch, patience=b["patience"], seed=seed,
+                        max_len=b["max_len"], max_len_audio=b["max_len_audio"], ckpt_every_steps=None, device="auto")
