@@ -245,3 +245,15 @@ def test_text_stream_wrong_dims_and_fresh_runs(splits, tmp_path):
     net2, _ = train_stage2(tiny_cfg(lr=0.0, epochs=1, model=model), with_text(train), with_text(val), tmp_path,
                            progress=False, resume=False)
     assert any(not torch.equal(a, b) for a, b in zip(old_best.values(), net2.state_dict().values()))
+
+
+def test_resume_check_treats_fields_added_later_as_their_default(tmp_path):
+    from emi_lib.train.stage2 import Stage2Config, _check_resumable
+
+    cfg = Stage2Config(max_len=16)
+    old = {k: v for k, v in cfg.to_dict().items() if k != "bucket_by_length"}  # written before the field existed
+    _check_resumable(old, cfg, tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="bucket_by_length"):
+        _check_resumable(old, Stage2Config(max_len=16, bucket_by_length=True), tmp_path / "checkpoint.pt")
+    with pytest.raises(ValueError, match="lr"):
+        _check_resumable({**old, "lr": 0.5}, cfg, tmp_path / "checkpoint.pt")

@@ -55,6 +55,15 @@ and failed ids with their reasons. CLI::
 
     python -m emi_lib.features.extract ROOT --store DIR --vision openclip-tiny --audio logmel \\
         --text minilm [--splits train valid] [--max-frames 256] ...
+
+Several processes (``torchrun --nproc_per_node N -m emi_lib.features.extract ...``, see
+``docs/distributed.md``): when a ``torch.distributed`` group of more than one process is initialised,
+:func:`extract_split` takes only this rank's clips, ``wanted[rank::world]`` of the split's (or
+``ids``') clip list, so every clip is computed by exactly one rank (per-clip writes are atomic and
+never shared). Each rank loads its own encoder (GPU ``LOCAL_RANK`` under nccl with ``--device cuda``).
+After its clips every rank all-gathers its part of the report (computed, already stored, missing,
+failed, strides); every rank returns the same merged report and rank 0 alone writes ``_meta.json``,
+followed by a barrier. With ``on_error="raise"`` a failing rank raises and torchrun stops the job.
 """
 
 from __future__ import annotations
@@ -269,8 +278,10 @@ def extract_split(
     if unknown:
         raise ValueError(f"ids not in split {split}: {unknown[:5]}")
     folder = store.folder(modality, name, split)
+    rank, world = _rank_world()
+    all_wanted, wanted = wanted, wanted[rank::world]  # this rank's clips (all of them in one process)
     rep = ExtractionReport(split, modality, backbone, name, folder, n_clips=len(wanted))
-    rep.cleaned_tmp = _clean_stale_tmp(folder)
+    rep.cleaned_tmp = _clean_stale_tmp(folder) if rank == 0 else 0
     done = store.done_ids(modality, name, split)
     rep.existing = [c for c in wanted if c in done]
     todo = [c for c in wanted if c not in done]
@@ -350,11 +361,56 @@ def extract_split(
         flush()
     rep.seconds = time.perf_counter() - t0
     settings["time_axis"] = source.time_axis if todo else ""
+    if world > 1:
+        rep, todo, settings["time_axis"] = _merge_ranks(rep, todo, settings["time_axis"], all_wanted)
     if not todo and (folder / META_NAME).exists():  # nothing ran: keep what the last run recorded
         prev = json.loads((folder / META_NAME).read_text())
         rep.frame_rate, settings["time_axis"] = prev.get("frame_rate"), prev.get("time_axis", "")
-    _write_meta(folder, rep, settings, set(todo), store.done_ids(modality, name, split), split_ids)
+    if rank == 0:
+        _write_meta(folder, rep, settings, set(todo), store.done_ids(modality, name, split), split_ids)
+    if world > 1:
+        from emi_lib.train.distributed import barrier
+
+        barrier()  # _meta.json is written before any rank returns
     return rep
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
+    import torch
+
+    d = torch.distributed
+    if d.is_available() and d.is_initialized():
+        return d.get_rank(), d.get_world_size()
+    return 0, 1
+
+
+def _merge_ranks(rep: ExtractionReport, todo: list[str], time_axis: str, wanted: list[str]):
+    """Every rank's part of the run (all-gathered) merged into one report, in ``wanted`` order;
+    returns ``(report, every rank's attempted clips, time axis)`` (the same on every rank)."""
+    from emi_lib.train.distributed import all_gather_object
+
+    parts = all_gather_object({"computed": rep.computed, "existing": rep.existing, "missing": rep.issues.missing,
+                               "skipped": rep.issues.skipped, "strides": rep.strides, "dim": rep.dim,
+                               "frame_rate": rep.frame_rate, "seconds": rep.seconds, "todo": todo,
+                               "time_axis": time_axis, "cleaned_tmp": rep.cleaned_tmp})
+    pos = {c: i for i, c in enumerate(wanted)}
+    first = lambda key: next((p[key] for p in parts if p[key] not in (None, "")), parts[0][key])  # noqa: E731
+    out = ExtractionReport(rep.split, rep.modality, rep.backbone, rep.store_backbone, rep.folder, n_clips=len(wanted),
+                           dim=first("dim"), frame_rate=first("frame_rate"), seconds=max(p["seconds"] for p in parts),
+                           cleaned_tmp=sum(p["cleaned_tmp"] for p in parts))
+    for p in parts:
+        out.computed += p["computed"]
+        out.existing += p["existing"]
+        out.issues.missing += p["missing"]
+        out.issues.skipped += p["skipped"]
+        out.strides |= p["strides"]
+    out.computed.sort(key=pos.get)
+    out.existing.sort(key=pos.get)
+    out.issues.missing.sort(key=lambda r: pos.get(r[0], -1))
+    out.issues.skipped.sort(key=lambda r: pos.get(r[0], -1))
+    todo_all = sorted((c for p in parts for c in p["todo"]), key=pos.get)
+    return out, todo_all, first("time_axis")
 
 
 def read_meta(store, modality: str, backbone: str, split: str) -> dict:
@@ -419,15 +475,24 @@ def main(argv: list[str] | None = None) -> int:
     if not (a.vision or a.audio or a.text):
         ap.error("give at least one of --vision, --audio, --text")
     from emi_lib.features.weights import WeightsUnavailableError
+    from emi_lib.train.distributed import cleanup, init_distributed
 
+    ctx = init_distributed(device=a.device)  # under torchrun: one process group, clips sharded by rank
+    device = str(ctx.device) if ctx.distributed and a.device == "cuda" else a.device
     try:
-        reports = extract_all(a.root, a.store, a.vision, a.audio, a.text, a.splits, device=a.device, verbose=True,
-                              vision_source=a.vision_source, text_source=a.text_source, max_frames=a.max_frames,
-                              frame_stride=a.frame_stride, face_size=a.face_size, batch_clips=a.batch_clips,
-                              workers=a.workers, on_error=a.on_error, progress=not a.no_progress)
+        reports = extract_all(a.root, a.store, a.vision, a.audio, a.text, a.splits, device=device,
+                              verbose=ctx.is_main, vision_source=a.vision_source, text_source=a.text_source,
+                              max_frames=a.max_frames, frame_stride=a.frame_stride, face_size=a.face_size,
+                              batch_clips=a.batch_clips, workers=a.workers, on_error=a.on_error,
+                              progress=not a.no_progress and ctx.is_main)
     except (DataError, ValueError, WeightsUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
+        cleanup(wait=False)
         return 2
+    except BaseException:
+        cleanup(wait=False)
+        raise
+    cleanup()
     return 1 if any(r.n_failed for r in reports.values()) else 0
 
 

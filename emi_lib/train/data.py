@@ -14,7 +14,14 @@ span (a crop would drop its end) and is deterministic (train and evaluation see 
 **Batch order**: :func:`epoch_batches` is a pure function of (seed, epoch) (a ``torch.Generator``
 seeded per epoch), so a resumed run replays exactly the batches of the interrupted one. Under DDP,
 rank r takes the batches i with i % world_size == r of that common order (:func:`shard`).
-Evaluation batches are contiguous, never dropped, so every clip is scored.
+Evaluation batches are contiguous, never dropped, so every clip is scored. With ``lengths``
+(``Stage2Dataset.lengths()``, when ``Stage2Config.bucket_by_length``) the training batches are
+length-bucketed (:mod:`emi_lib.train.buckets`): same count, far less padding.
+
+**Lazy stores**: a ``vision``/``audio`` mapping that is not a dict (a
+:class:`~emi_lib.features.packed.PackedStore`, see :meth:`Stage2Data.from_packed`) is kept as is,
+and :class:`Stage2Dataset` reads each batch's clips in ``collate`` instead of holding every
+sequence in memory.
 """
 
 from __future__ import annotations
@@ -36,8 +43,17 @@ def _norm_id(cid) -> str:
     return clip_stem(cid) if isinstance(cid, int | np.integer) else str(cid)
 
 
-def _norm_dict(d: Mapping | None) -> dict[str, np.ndarray]:
+def _norm_dict(d: Mapping | None) -> Mapping[str, np.ndarray]:
+    """A plain dict with normalised ids; a lazy (non-dict) Mapping such as a
+    :class:`~emi_lib.features.packed.PackedStore` is kept as is (its keys are already str ids)."""
+    if isinstance(d, Mapping) and not isinstance(d, dict):
+        return d
     return {_norm_id(k): v for k, v in (d or {}).items()}
+
+
+def _is_lazy(d) -> bool:
+    """A mapping that knows clip lengths and D without reading data (``PackedStore``)."""
+    return isinstance(d, Mapping) and not isinstance(d, dict) and hasattr(d, "length") and hasattr(d, "dim")
 
 
 def subsample_steps(length: int, max_len: int | None) -> np.ndarray:
@@ -95,11 +111,26 @@ class Stage2Data:
         txt = None if text is None else {k: v.reshape(-1) for k, v in load(text).items()}
         return cls(load(vision), load(audio), txt, labels, priors, ids)
 
+    @classmethod
+    def from_packed(cls, vision=None, audio=None, text=None, labels: pd.DataFrame | None = None,
+                    priors: pd.DataFrame | None = None, ids=None) -> Stage2Data:
+        """A split read lazily from packed stores (:mod:`emi_lib.features.packed`): ``vision`` /
+        ``audio`` are store folders or ``PackedStore`` objects (None: absent); ``text`` (small) is
+        read into memory as {id: (D_t,)}."""
+        from emi_lib.features.packed import PackedStore
+
+        def open_(x):
+            return {} if x is None else x if isinstance(x, PackedStore) else PackedStore(x)
+        txt = None if text is None else {k: v.reshape(-1) for k, v in open_(text).items() if v.size}
+        return cls(open_(vision), open_(audio), txt, labels, priors, ids)
+
     def __len__(self) -> int:
         return len(self.ids)
 
     def has(self, stream: str, cid: str) -> bool:
         d = getattr(self, stream) or {}
+        if _is_lazy(d):
+            return cid in d and d.length(cid) > 0
         a = d.get(cid)
         return a is not None and np.asarray(a).size > 0
 
@@ -112,7 +143,11 @@ class Stage2Data:
         """Feature size of each stream from its first non-empty array (None when every clip lacks it)."""
         out = {}
         for m in STREAMS:
-            arrs = [np.asarray(a) for a in (getattr(self, m) or {}).values() if np.asarray(a).size]
+            d = getattr(self, m) or {}
+            if _is_lazy(d):
+                out[m] = int(d.dim) if any(d.length(i) for i in d) else None
+                continue
+            arrs = [np.asarray(a) for a in d.values() if np.asarray(a).size]
             out[m] = int(arrs[0].shape[-1]) if arrs else None
         return out
 
@@ -142,6 +177,9 @@ class Stage2Dataset(torch.utils.data.Dataset):
         self.seqs: dict[str, list[torch.Tensor]] = {}
         for m in ("vision", "audio"):
             src = getattr(data, m)
+            if _is_lazy(src):  # read per batch in collate: memory stays bounded
+                self.seqs[m] = _LazySeqs(src, self.ids, self.dims[m], lens[m])
+                continue
             out = []
             for cid in self.ids:
                 a = np.asarray(src.get(cid, np.zeros((0, self.dims[m]))), dtype=np.float32)
@@ -175,6 +213,14 @@ class Stage2Dataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
+    def lengths(self) -> np.ndarray:
+        """(n, 2) vision and audio steps per clip after subsampling (the key of length bucketing)."""
+        if getattr(self, "_lengths", None) is None:
+            self._lengths = np.stack([self.seqs[m].lengths() if isinstance(self.seqs[m], _LazySeqs)
+                                      else np.array([len(s) for s in self.seqs[m]], dtype=np.int64)
+                                      for m in ("vision", "audio")], axis=1)
+        return self._lengths
+
     def __getitem__(self, i: int) -> int:
         return i  # collate gathers from the preprocessed tensors
 
@@ -183,6 +229,8 @@ class Stage2Dataset(torch.utils.data.Dataset):
         idx = [int(i) for i in idx]
         batch: dict = {"ids": [self.ids[i] for i in idx], "available": {}}
         for m in ("vision", "audio"):
+            if isinstance(self.seqs[m], _LazySeqs):
+                self.seqs[m].prefetch(idx)
             seqs = [self.seqs[m][i] for i in idx]
             t = max([len(s) for s in seqs] + [1])
             x = torch.zeros(len(idx), t, self.dims[m])
@@ -201,6 +249,33 @@ class Stage2Dataset(torch.utils.data.Dataset):
         return batch
 
 
+class _LazySeqs(Sequence):
+    """``Stage2Dataset.seqs[m]`` over a lazy store: item i reads clip ``ids[i]`` (subsampled) on demand."""
+
+    def __init__(self, src, ids: list, dim: int, max_len: int | None):
+        if any(src.length(i) for i in ids if i in src) and src.dim != dim:
+            raise ValueError(f"{src!r} has D={src.dim} but the model expects {dim}")
+        self.src, self.ids, self.dim, self.max_len = src, ids, dim, max_len
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def lengths(self) -> np.ndarray:
+        steps = np.array([self.src.length(i) if i in self.src else 0 for i in self.ids], dtype=np.int64)
+        return steps if self.max_len is None else np.minimum(steps, self.max_len)
+
+    def prefetch(self, idx) -> None:
+        if hasattr(self.src, "prefetch"):
+            self.src.prefetch([self.ids[i] for i in idx if self.ids[i] in self.src])
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        cid = self.ids[i]
+        if cid not in self.src or not self.src.length(cid):
+            return torch.zeros(0, self.dim)
+        a = self.src[cid]
+        return torch.from_numpy(np.ascontiguousarray(a[subsample_steps(len(a), self.max_len)], dtype=np.float32))
+
+
 def to_device(batch: dict, device) -> dict:
     """Move every tensor of a (nested) batch dict to ``device``; other values pass through."""
     if isinstance(batch, dict):
@@ -208,10 +283,19 @@ def to_device(batch: dict, device) -> dict:
     return batch.to(device) if isinstance(batch, torch.Tensor) else batch
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, drop_last: bool = True) -> list[list[int]]:
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, drop_last: bool = True,
+                  lengths=None) -> list[list[int]]:
     """The epoch's training batches: a permutation from ``epoch_generator(seed, epoch)`` cut into
     ``batch_size`` chunks. ``drop_last`` drops a final incomplete batch (a tiny batch gives a noisy
-    Pearson term), unless it is the only batch."""
+    Pearson term), unless it is the only batch. With ``lengths`` ((n,) or (n, k) steps per clip,
+    e.g. ``Stage2Dataset.lengths()``) the batches are length-bucketed
+    (:func:`emi_lib.train.buckets.bucketed_batches`, same count of batches)."""
+    if lengths is not None:
+        from emi_lib.train.buckets import bucketed_batches
+
+        if len(lengths) != n:
+            raise ValueError(f"lengths has {len(lengths)} rows for {n} clips")
+        return bucketed_batches(lengths, batch_size, seed, epoch, drop_last)
     perm = torch.randperm(n, generator=epoch_generator(seed, epoch)).tolist()
     batches = [perm[i: i + batch_size] for i in range(0, n, batch_size)]
     if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,9 +101,42 @@ def load_priors(root: str | os.PathLike, raw_store: FeatureStore, split: str) ->
     return pri
 
 
+class _Standardized(Mapping):
+    """A lazy z-scored view of a lazy per-clip store (e.g. a ``PackedStore``): clips are read and
+    standardised one at a time, so memory stays bounded at full scale."""
+
+    def __init__(self, src, mean: np.ndarray, std: np.ndarray):
+        self.src, self.mean, self.std = src, mean, std
+        self.dim = src.dim
+
+    def length(self, cid) -> int:
+        return self.src.length(cid)
+
+    def prefetch(self, ids) -> None:
+        if hasattr(self.src, "prefetch"):
+            self.src.prefetch(ids)
+
+    def __getitem__(self, cid):
+        a = self.src[cid]
+        return ((a - self.mean) / self.std).astype(np.float32) if np.size(a) else a
+
+    def __iter__(self):
+        return iter(self.src)
+
+    def __len__(self) -> int:
+        return len(self.src)
+
+
+def _is_lazy(d) -> bool:
+    return isinstance(d, Mapping) and not isinstance(d, dict) and hasattr(d, "length")
+
+
 @dataclass
 class Standardizer:
-    r"""Per-dimension z-scoring :math:`(x-\mu_d)/(\sigma_d+\epsilon)` fitted on the training steps."""
+    r"""Per-dimension z-scoring :math:`(x-\mu_d)/(\sigma_d+\epsilon)` fitted on the training steps.
+
+    The statistics are accumulated clip by clip in float64 (sums of :math:`x` and :math:`x^2`), so fitting
+    reads a lazy store once without holding it; applying to a lazy store returns a lazy view."""
 
     mean: dict = field(default_factory=dict)  # stream -> (D,)
     std: dict = field(default_factory=dict)  # stream -> (D,), epsilon included
@@ -112,19 +146,25 @@ class Standardizer:
     def fit(cls, data: Stage2Data, streams=("vision", "audio"), eps: float = 1e-6) -> Standardizer:
         out = cls(eps=eps)
         for m in streams:
-            arrs = [np.asarray(a, dtype=np.float64) for a in (getattr(data, m) or {}).values() if np.size(a)]
-            if not arrs:
+            n, s1, s2 = 0, 0.0, 0.0
+            for a in (getattr(data, m) or {}).values():
+                if np.size(a):
+                    a = np.asarray(a, dtype=np.float64)
+                    n, s1, s2 = n + len(a), s1 + a.sum(0), s2 + (a * a).sum(0)
+            if n == 0:
                 raise ValueError(f"cannot standardise {m}: no training clip has {m} features")
-            steps = np.concatenate(arrs)
-            out.mean[m], out.std[m] = steps.mean(0), steps.std(0) + eps
+            mu = s1 / n
+            out.mean[m], out.std[m] = mu, np.sqrt(np.maximum(s2 / n - mu * mu, 0.0)) + eps
         return out
 
     def apply(self, data: Stage2Data) -> Stage2Data:
-        """z-score ``data``'s streams in place (empty arrays stay empty) and return it."""
+        """z-score ``data``'s streams (in place for in-memory dicts, a lazy view for lazy stores); return it."""
         for m, mu in self.mean.items():
-            sd = self.std[m]
-            setattr(data, m, {k: ((a - mu) / sd).astype(np.float32) if np.size(a) else a
-                              for k, a in getattr(data, m).items()})
+            sd, src = self.std[m], getattr(data, m)
+            if _is_lazy(src):
+                setattr(data, m, _Standardized(src, mu, sd))
+            else:
+                setattr(data, m, {k: ((a - mu) / sd).astype(np.float32) if np.size(a) else a for k, a in src.items()})
         return data
 
 

@@ -13,6 +13,24 @@ Each modality is trained alone ("modality-decoupled pre-training") on precompute
   consecutive batches of ``batch_size`` (clip-weighted mean; plain even under label-aware
   training so that options compare), and retrieval R@1/R@5 over the whole validation set.
 - Early stopping (``cfg.patience``) on the validation loss; the best epoch's weights are restored.
+
+**DDP** (``torchrun``, ``docs/distributed.md``): when a ``torch.distributed`` group of W > 1 processes
+is initialised, the model is wrapped in ``DistributedDataParallel`` and the training clips are
+sharded: every rank draws the same seeded permutation per epoch, cuts it into global batches of
+W x ``batch_size`` clips (``batch_size`` is per rank; the remainder is dropped) and takes its own
+``batch_size`` slice of each (rank r: positions r*B .. (r+1)*B-1), so every rank runs the same number
+of steps and each clip of a global batch is encoded by exactly one rank.
+
+*Negatives are global*: each rank all-gathers the clip and text embeddings (and, label-aware, the
+labels) of the global batch (:func:`~emi_lib.train.distributed.all_gather_with_grad`: the other
+ranks' parts are constants, its own part keeps its graph), so the InfoNCE loss is the one of the
+whole W x B batch, with W x B - 1 negatives per pair, exactly as one process with batch W x B
+would compute it. Every rank then holds the same loss value L; rank r back-propagates W x L, whose
+gradient reaches the weights only through r's own samples, and DDP averages the W gradients, which
+gives the full dL/dweights. The logit scale enters L directly on every rank, so its gradient is divided
+by W (a hook) before the average. Validation runs on rank 0 (the whole validation set; retrieval
+needs every embedding) and its row is broadcast, so early stopping is decided identically on every
+rank; the weights stay identical on all ranks (DDP), so each returns the same model.
 """
 
 from __future__ import annotations
@@ -35,14 +53,19 @@ from emi_lib.eval.retrieval import retrieval_recall
 from emi_lib.models.aligner import AlignerConfig, ModalityTextAligner, build_loss, pad_batch
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(name: str, world: int = 1) -> torch.device:
+    """``"auto"``: CUDA if available, else the CPU; under DDP ``"auto"``/``"cuda"`` mean GPU ``LOCAL_RANK``."""
+    if name == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if name in ("auto", "cuda"):
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if world > 1 else "cuda")
     return torch.device(name)
 
 
 def usable_ids(feats: dict, text: dict | None = None) -> list[str]:
     """Ids with at least one frame (and a text embedding when ``text`` is given), sorted."""
+    if hasattr(feats, "length"):  # a lazy PackedStore: lengths from its index, no data read
+        return sorted(k for k in feats if feats.length(k) > 0 and (text is None or k in text))
     return sorted(k for k, v in feats.items() if np.asarray(v).size > 0 and (text is None or k in text))
 
 
@@ -139,9 +162,13 @@ def train_aligner(cfg: AlignerConfig, train_feats: dict, train_text: dict, val_f
     ``val_text2clip_R@1/5``, ``val_chance_R@1``, ``seconds``. ``val_text_keys`` {id: prompt}
     makes retrieval count any clip/text with the same prompt as a hit (see ``retrieval_recall``).
     ``train_labels`` (index = clip ids, six emotion columns) is required when ``cfg.label_aware``."""
+    from emi_lib.train.distributed import all_gather_with_grad, broadcast_object, context
+
+    ctx = context()
+    rank, world = ctx.rank, ctx.world
     torch.manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    dev = resolve_device(cfg.device)
+    rng = np.random.default_rng(cfg.seed)  # the same permutations on every rank
+    dev = resolve_device(cfg.device, world)
     ids = usable_ids(train_feats, train_text)
     if len(ids) < 2:
         raise ValueError(f"contrastive training needs at least 2 clips with {cfg.modality} features and text, got {len(ids)}")
@@ -156,10 +183,16 @@ def train_aligner(cfg: AlignerConfig, train_feats: dict, train_text: dict, val_f
         raise ValueError(f"cfg.text_dim={cfg.text_dim} but the text embeddings have D={text_all.shape[1]}")
     has_val = bool(val_feats) and bool(val_text) and len(usable_ids(val_feats, val_text)) >= 2
     model = ModalityTextAligner(cfg).to(dev)
+    net = model
+    if world > 1:
+        if len(ids) < 2 * world:
+            raise ValueError(f"{len(ids)} usable clips cannot fill a batch of 2 on each of {world} ranks")
+        torch.manual_seed(cfg.seed + rank)  # own dropout draws per rank; DDP broadcasts rank 0's weights
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     loss_fn = build_loss(cfg)
-    bs = min(cfg.batch_size, len(ids))
-    n_batches = len(ids) // bs
+    bs = min(cfg.batch_size, len(ids) // world)  # per rank
+    n_batches = len(ids) // (bs * world)
 
     def row(epoch, train_loss, t0):
         r = {"epoch": epoch, "train_loss": train_loss, "logit_scale": model.logit_scale.item(),
@@ -170,22 +203,34 @@ def train_aligner(cfg: AlignerConfig, train_feats: dict, train_text: dict, val_f
         r["seconds"] = time.perf_counter() - t0
         return r
 
+    if world > 1:  # validation on rank 0 only, its row broadcast (identical early-stopping decisions)
+        local_row = row
+        row = lambda *a: broadcast_object(local_row(*a) if rank == 0 else None)  # noqa: E731
+
     history = [row(0, float("nan"), time.perf_counter())]
     best, best_state, stale = float("inf"), None, 0
-    bar = tqdm(range(1, cfg.epochs + 1), desc=f"stage 1 {cfg.modality}-text", disable=not progress)
+    bar = tqdm(range(1, cfg.epochs + 1), desc=f"stage 1 {cfg.modality}-text", disable=not (progress and rank == 0))
     for epoch in bar:
         t0 = time.perf_counter()
         model.train()
         perm = rng.permutation(len(ids))
         total = 0.0
         for b in range(n_batches):
-            idx = torch.from_numpy(perm[b * bs : (b + 1) * bs])
+            start = (b * world + rank) * bs  # this rank's slice of global batch b
+            idx = torch.from_numpy(perm[start : start + bs])
             x, m = pad_batch([train_feats[ids[i]] for i in idx.tolist()], max_steps=cfg.max_steps)
             t = text_all[idx].to(dev)
-            out = model(x.to(dev), m.to(dev), t)
-            loss = loss_fn(*out, labels=labels_all[idx].to(dev)) if cfg.label_aware else loss_fn(*out)
+            out = net(x.to(dev), m.to(dev), t)
+            labels = labels_all[idx].to(dev) if cfg.label_aware else None
+            if world > 1:  # global negatives (module docstring)
+                scale = out[2]
+                if scale.requires_grad:  # a fixed temperature (learn_logit_scale=False) has no gradient
+                    scale.register_hook(lambda g: g / world)
+                out = (all_gather_with_grad(out[0]), all_gather_with_grad(out[1]), scale)
+                labels = all_gather_with_grad(labels) if labels is not None else None
+            loss = loss_fn(*out, labels=labels) if cfg.label_aware else loss_fn(*out)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * world if world > 1 else loss).backward()
             opt.step()
             model.clamp_logit_scale()
             total += loss.item()

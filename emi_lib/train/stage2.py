@@ -25,10 +25,26 @@ All written atomically. A killed run restarts from ``checkpoint.pt`` and ends wi
 as an uninterrupted one: the batch order is a pure function of (seed, epoch) and the RNG states are
 restored, so dropout draws the same masks.
 
-DDP: ``rank``/``world_size`` default to ``torch.distributed`` when it is initialised. Each rank takes
-the training batches i % world_size == rank of the common order, the model is wrapped in
-``DistributedDataParallel``, predictions of all ranks are gathered before the metric, and only
-rank 0 writes files (its RNG state is the one checkpointed).
+DDP (``torchrun``, see ``docs/distributed.md``): ``rank``/``world_size`` default to ``torch.distributed``
+when it is initialised (:func:`emi_lib.train.distributed.init_distributed`).
+
+- Training batches: every rank computes the same (seed, epoch) order; rank r takes the batches
+  i % world_size == r of it, cut to a multiple of world_size first, so every rank runs the same
+  number of optimiser steps (``batch_size`` is per rank: the global batch is world_size times it).
+  The loss (MSE + batch-Pearson term) is per rank batch; ``DistributedDataParallel`` averages the
+  gradients, so every rank applies the same update and the weights stay identical.
+- Dropout: rank 0 draws from the run's seed (a one-rank run equals a single-process one); rank r > 0
+  reseeds torch with ``seed + r`` after building the model (initial weights are rank 0's, broadcast
+  by DDP). Each rank's RNG state, batch order and loss sums are checkpointed (``per_rank``) and
+  restored on resume, which needs the same world size (checked).
+- Validation: evaluation batches are split across ranks, the predictions are all-gathered and the
+  dataset-level ``challenge_score`` is computed on the whole set (never a per-rank average of Pearson r,
+  which is not additive over shards); every rank gets the same score and so takes the same
+  early-stopping decision.
+- Files: only rank 0 writes (``config.json``, checkpoints, ``best.pt``, ``history.csv``); the other
+  ranks wait at a barrier after each epoch's writes. On resume rank 0 reads ``checkpoint.pt`` and
+  broadcasts it; at the end rank 0 reads ``best.pt`` and broadcasts the weights, so ``run_dir`` need
+  not be on a shared file system and every rank returns the same model.
 """
 
 from __future__ import annotations
@@ -36,6 +52,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +74,7 @@ from emi_lib.train.checkpoint import (
     unwrap,
 )
 from emi_lib.train.data import Stage2Data, Stage2Dataset, epoch_batches, eval_batches, shard, to_device
+from emi_lib.train.distributed import barrier, broadcast_object
 from emi_lib.train.losses import emi_loss
 from emi_lib.train.seeding import rng_state, seed_everything, set_rng_state
 
@@ -87,6 +105,7 @@ class Stage2Config:
     patience: int | None = 5  # stop after this many epochs without a better val mean PCC; None = off
     min_delta: float = 0.0  # an improvement must exceed the best score by more than this
     drop_last: bool = True  # drop an incomplete last training batch (never in evaluation)
+    bucket_by_length: bool = False  # training batches group clips of similar length (emi_lib.train.buckets)
     seed: int = 0  # seeds init, dropout and the per-epoch batch order
     deterministic: bool = True  # deterministic kernels where cheap (seeding.seed_everything)
     max_len: int | None = 256  # longer vision (and audio) sequences are subsampled to this many steps
@@ -165,10 +184,15 @@ def _gather(obj, world: int) -> list:
 
 
 def resolve_device(device: str = "auto", rank: int = 0, world: int = 1) -> torch.device:
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device(f"cuda:{rank % torch.cuda.device_count()}" if world > 1 else "cuda")
+    """``"auto"``: CUDA if available (under DDP the GPU ``LOCAL_RANK``, set by torchrun; else
+    ``rank % device_count``), else the CPU. ``"cuda"`` under DDP also means this rank's GPU."""
+    if device == "auto" and not torch.cuda.is_available():
         return torch.device("cpu")
+    if device in ("auto", "cuda"):
+        if world > 1:
+            local = int(os.environ.get("LOCAL_RANK", rank))
+            return torch.device(f"cuda:{local % torch.cuda.device_count()}")
+        return torch.device("cuda")
     return torch.device(device)
 
 
@@ -246,6 +270,9 @@ def _fresh_state() -> dict:
 
 def _check_resumable(saved: dict, cfg: Stage2Config, path: Path) -> None:
     now = cfg.to_dict()
+    # a field added after the checkpoint was written counts as its default (it did not exist, so it was off)
+    defaults = Stage2Config().to_dict()
+    saved = {**{k: v for k, v in defaults.items() if k not in saved and k != "model"}, **saved}
     diff = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
     if diff:
         raise ValueError(f"{path} was written with another config (fields {diff} differ): use a new run_dir "
@@ -269,6 +296,8 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
     seed_everything(cfg.seed, cfg.deterministic)
     net = EMIModel(cfg.model_config()).to(device)
     net.stage2_config = cfg
+    if rank > 0:  # own dropout draws per rank; the initial weights are rank 0's (DDP broadcasts them)
+        torch.manual_seed(cfg.seed + rank)
     train_ds, val_ds = _dataset(cfg, train_data), _dataset(cfg, val_data)
     if train_ds.labels is None or val_ds.labels is None:
         raise ValueError("train_data and val_data need labels")
@@ -276,21 +305,33 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
     no_decay = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
-    steps_per_epoch = len(shard(epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, 0, cfg.drop_last), rank, world))
+    steps_per_epoch = len(shard(epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, 0, cfg.drop_last,
+                                              train_ds.lengths() if cfg.bucket_by_length else None), rank, world))
     total = cfg.epochs * steps_per_epoch
     warmup = cfg.warmup_steps if cfg.warmup_steps is not None else int(round(cfg.warmup_ratio * total))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, warmup, total, cfg.min_lr_ratio))
     ckpt_path, best_path = run_dir / "checkpoint.pt", run_dir / "best.pt"
     st, saved_order = _fresh_state(), None
-    if resume and ckpt_path.exists():
-        ck = load_checkpoint(ckpt_path)  # on the CPU: RNG states must stay there
+    # rank 0 reads the checkpoint (on the CPU: RNG states must stay there) and broadcasts it
+    ck = load_checkpoint(ckpt_path) if main and resume and ckpt_path.exists() else None
+    ck = broadcast_object(ck) if world > 1 else ck
+    if ck is not None:
         _check_resumable(ck["config"], cfg, ckpt_path)
         load_model_state(net, ck["model"], str(ckpt_path))
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
         st = {k: ck[k] for k in _fresh_state()}
         saved_order = ck["batch_order"]
-        set_rng_state(ck["rng"])
+        if int(ck.get("world_size", 1)) != world:
+            raise ValueError(f"{ckpt_path} was written by a run of {ck.get('world_size', 1)} process(es), this one "
+                             f"has {world}: the batch sharding and schedule differ; resume with the same world size")
+        per_rank = ck.get("per_rank")  # DDP: each rank's own RNG state, batch order and loss sums
+        if world > 1 and per_rank is not None:
+            mine = per_rank[rank]
+            saved_order, st["accum"] = mine["batch_order"], mine["accum"]
+            set_rng_state(mine["rng"])
+        else:
+            set_rng_state(ck["rng"])
     elif main:
         for stale in (ckpt_path, best_path):  # a fresh run must never restore an older run's weights
             stale.unlink(missing_ok=True)
@@ -306,18 +347,22 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
         ids = [device.index] if device.type == "cuda" else None
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
-    def save(order):
+    def save(order):  # called on every rank at the same steps (per-rank states are gathered)
+        rng = rng_state()
+        per_rank = _gather({"rng": rng, "batch_order": order, "accum": dict(st["accum"])}, world)
         if main:
+            extra = {"world_size": world, "per_rank": per_rank} if world > 1 else {}
             atomic_torch_save({"format": 1, "config": cfg.to_dict(), "model": net.state_dict(),
                                "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), **st,
-                               "batch_order": order, "rng": rng_state()}, ckpt_path)
+                               "batch_order": order, "rng": rng, **extra}, ckpt_path)
 
     val_labels = val_data.labels.loc[val_ds.ids, list(EMOTIONS)]
     eval_bs = cfg.eval_batch_size or 2 * cfg.batch_size
     ebar = tqdm(total=cfg.epochs, initial=st["epoch"], desc="epochs", disable=not (progress and main))
     while not st["finished"]:
         epoch, t0 = st["epoch"], time.perf_counter()
-        batches = shard(epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, epoch, cfg.drop_last), rank, world)
+        batches = shard(epoch_batches(len(train_ds), cfg.batch_size, cfg.seed, epoch, cfg.drop_last,
+                                      train_ds.lengths() if cfg.bucket_by_length else None), rank, world)
         if st["step_in_epoch"] and saved_order is not None and saved_order != batches:
             raise RuntimeError(f"{ckpt_path}: the saved batch order differs from the recomputed one")
         model.train()
@@ -375,11 +420,15 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
         save(None)
         if main:
             atomic_write_text(pd.DataFrame(st["history"]).to_csv(index=False), run_dir / "history.csv")
+        barrier()  # the other ranks wait for rank 0's files
         ebar.update()
         ebar.set_postfix(val_pcc=f"{score['mean']:.4f}", best=f"{st['best_score']:.4f}")
     ebar.close()
-    if cfg.restore_best and best_path.exists():
-        load_model_state(net, load_checkpoint(best_path)["model"], str(best_path))
+    if cfg.restore_best:  # rank 0 reads best.pt and broadcasts it: every rank ends with the same weights
+        best = load_checkpoint(best_path)["model"] if main and best_path.exists() else None
+        best = broadcast_object(best) if world > 1 else best
+        if best is not None:
+            load_model_state(net, {k: v.to(device) for k, v in best.items()}, str(best_path))
     history = pd.DataFrame(st["history"]).set_index("epoch", drop=False) if st["history"] else pd.DataFrame()
     history.attrs.update(best_epoch=st["best_epoch"], best_score=st["best_score"],
                          stopped_early=len(st["history"]) < cfg.epochs)

@@ -1,0 +1,210 @@
+r"""torch.distributed helpers: process-group setup from ``torchrun``'s environment, clip sharding,
+barriers, and the dataset-level metric on predictions gathered from every rank.
+
+>>> ctx = init_distributed()            # doctest: +SKIP  (under torchrun; a 1-process context otherwise)
+>>> my_ids = shard_ids(all_ids, ctx.rank, ctx.world)          # doctest: +SKIP
+>>> score = gathered_challenge_score(my_ids, my_pred, labels)  # doctest: +SKIP  (same on every rank)
+>>> cleanup()                           # doctest: +SKIP
+
+**Backend**: ``gloo`` on the CPU, ``nccl`` on CUDA (each process uses GPU ``LOCAL_RANK``). Every
+helper also works without an initialised process group (one process: world 1, rank 0), so library
+code calls them unconditionally.
+
+**Why the metric is gathered.** The challenge score is the mean over the six emotions of Pearson's
+r over the *whole* split. Pearson's r is not additive over shards: with shards :math:`S_k`,
+
+.. math::
+
+    r = \frac{\sum_i (x_i-\bar x)(y_i-\bar y)}{\sqrt{\sum_i (x_i-\bar x)^2 \sum_i (y_i-\bar y)^2}}
+
+uses the global means :math:`\bar x, \bar y`; the per-shard :math:`r_k` use each shard's own means
+and scales, so :math:`\frac1K\sum_k r_k \ne r` in general (a shard whose predictions are shifted by a
+constant keeps its :math:`r_k` but lowers :math:`r`; shards of unequal size are weighted equally;
+a small shard gives a noisy :math:`r_k`). :func:`gathered_challenge_score` therefore all-gathers
+every rank's (ids, predictions), checks that each clip was scored exactly once, and computes
+``challenge_score`` once on the full set -- the same number on every rank, equal to the
+single-process score on the same predictions.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from emi_lib.constants import EMOTIONS
+
+__all__ = ["DistContext", "all_gather_object", "all_gather_with_grad", "barrier", "broadcast_object", "cleanup", "context",
+           "gather_predictions", "gathered_challenge_score", "init_distributed", "is_initialized",
+           "shard_ids"]
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """This process's place in the job."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None  # None: no process group (one process)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def is_initialized() -> bool:
+    d = torch.distributed
+    return d.is_available() and d.is_initialized()
+
+
+def context() -> DistContext:
+    """The context of the current process group (world 1 when none is initialised)."""
+    if not is_initialized():
+        return DistContext()
+    d = torch.distributed
+    backend = d.get_backend()
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    dev = torch.device(f"cuda:{local}") if backend == "nccl" else torch.device("cpu")
+    return DistContext(d.get_rank(), d.get_world_size(), local, dev, backend)
+
+
+def init_distributed(backend: str | None = None, device: str = "auto", timeout_s: float = 1800) -> DistContext:
+    """Initialise the default process group from torchrun's environment (``RANK``, ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and return this process's :class:`DistContext`.
+
+    ``backend`` None: ``nccl`` when CUDA is available and ``device`` is not ``"cpu"``, else ``gloo``;
+    with nccl the process uses ``cuda:LOCAL_RANK``. Without ``WORLD_SIZE`` (a plain ``python`` run)
+    or with ``WORLD_SIZE=1`` no group is created: a one-process context. Calling it twice is harmless."""
+    import datetime
+
+    if is_initialized():
+        return context()
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() and device != "cpu"
+    if world <= 1:
+        dev = torch.device(device) if device not in ("auto",) else torch.device("cuda" if use_cuda else "cpu")
+        return DistContext(device=dev)
+    backend = backend or ("nccl" if use_cuda else "gloo")
+    if backend == "nccl":
+        torch.cuda.set_device(local)
+    torch.distributed.init_process_group(backend, rank=int(os.environ["RANK"]), world_size=world,
+                                         timeout=datetime.timedelta(seconds=timeout_s))
+    return context()
+
+
+def cleanup(wait: bool = True) -> None:
+    """Destroy the process group if one is initialised, after a final barrier when ``wait`` (pass
+    False on an error path: the other ranks may never reach the barrier)."""
+    if is_initialized():
+        if wait:
+            barrier()
+        torch.distributed.destroy_process_group()
+
+
+def barrier() -> None:
+    """``torch.distributed.barrier()`` when a group is initialised, else nothing."""
+    if is_initialized() and torch.distributed.get_world_size() > 1:
+        if torch.distributed.get_backend() == "nccl":
+            torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
+        else:
+            torch.distributed.barrier()
+
+
+def all_gather_object(obj) -> list:
+    """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` without a group."""
+    if not is_initialized() or torch.distributed.get_world_size() <= 1:
+        return [obj]
+    out = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, src: int = 0):
+    """Rank ``src``'s ``obj`` on every rank (the argument is ignored elsewhere); ``obj`` without a group."""
+    if not is_initialized() or torch.distributed.get_world_size() <= 1:
+        return obj
+    box = [obj]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
+    """Every rank's ``x`` concatenated along dim 0 in rank order (equal shapes on all ranks); the
+    other ranks' parts are constants, this rank's part is ``x`` itself, so the gradient flows into
+    the local part only (each rank back-propagates through its own samples; DDP sums the rest)."""
+    if not is_initialized() or torch.distributed.get_world_size() <= 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, x.detach().contiguous())
+    parts[torch.distributed.get_rank()] = x
+    return torch.cat(parts)
+
+
+def shard_ids(ids, rank: int | None = None, world: int | None = None) -> list:
+    """This rank's clips: ``ids[rank::world]`` (rank/world default to the current group). Every clip
+    goes to exactly one rank; shard sizes differ by at most one."""
+    ctx = context()
+    rank = ctx.rank if rank is None else int(rank)
+    world = ctx.world if world is None else int(world)
+    return list(ids)[rank::world]
+
+
+def gather_predictions(ids, preds, columns=EMOTIONS, expected=None) -> pd.DataFrame:
+    """All ranks' ``(ids, preds)`` as one DataFrame (index ``ids``, one row per clip, ``columns``).
+
+    ``preds``: (n, k) array-like or a DataFrame (its values are used in ``ids`` order). The rows are
+    sorted by id, or ordered as ``expected`` when given. A clip sent by two ranks with the same values
+    is kept once; with different values, or a clip of ``expected`` that no rank sent, or one that it
+    does not list, raises ``ValueError`` (on every rank alike)."""
+    ids = [str(i) for i in ids]
+    arr = np.asarray(preds.loc[ids].to_numpy() if isinstance(preds, pd.DataFrame) else preds, dtype=np.float64)
+    arr = arr.reshape(len(ids), -1)
+    parts = all_gather_object((ids, arr))  # first: every rank must reach the gather, even with bad input
+    dup = [r for r, (g_ids, _) in enumerate(parts) if len(set(g_ids)) != len(g_ids)]
+    if dup:
+        raise ValueError(f"the ids of rank(s) {dup} hold duplicates")
+    rows: dict[str, np.ndarray] = {}
+    clashes = []
+    for g_ids, g_arr in parts:
+        for cid, row in zip(g_ids, g_arr):
+            if cid in rows and not np.array_equal(rows[cid], row, equal_nan=True):
+                clashes.append(cid)
+            rows.setdefault(cid, row)
+    if clashes:
+        raise ValueError(f"{len(clashes)} clip(s) scored twice with different values, e.g. {clashes[:5]}")
+    order = sorted(rows) if expected is None else [str(i) for i in expected]
+    if expected is not None:
+        missing = [c for c in order if c not in rows]
+        extra = sorted(set(rows) - set(order))
+        if missing or extra:
+            raise ValueError(f"gathered predictions lack {len(missing)} clip(s) (e.g. {missing[:5]}) and hold "
+                             f"{len(extra)} unexpected one(s) (e.g. {extra[:5]})")
+    cols = list(columns)
+    data = np.stack([rows[c] for c in order]) if order else np.zeros((0, len(cols)))
+    return pd.DataFrame(data, index=pd.Index(order, name="Filename"), columns=cols)
+
+
+def gathered_challenge_score(ids, preds, labels: pd.DataFrame, require_all: bool = True) -> dict:
+    """``challenge_score`` of **all ranks' predictions together** (the same dict on every rank).
+
+    ``ids`` / ``preds``: this rank's clips and (n, 6) predictions; ``labels``: the true values of the
+    whole split (index = ids, the six EMOTIONS columns). With ``require_all`` every labelled clip must
+    have been predicted by some rank. Never average per-rank Pearson r instead (module docstring:
+    Pearson is not additive over shards)."""
+    from emi_lib.eval.metrics import challenge_score
+
+    expected = [str(i) for i in labels.index] if require_all else None
+    pred = gather_predictions(ids, preds, EMOTIONS, expected)
+    true = labels.copy()
+    true.index = [str(i) for i in true.index]
+    return challenge_score(pred, true.loc[pred.index, list(EMOTIONS)])
