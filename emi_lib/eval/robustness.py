@@ -61,24 +61,64 @@ def make_sweep_roots(levels: pd.DataFrame, out_dir: str | os.PathLike, profile: 
     return levels.assign(root=[str(r) for r in roots])
 
 
+def _level_inputs(task) -> dict:
+    """Inputs of one sweep level for every kind (runs in a worker process or here)."""
+    import torch
+
+    from emi_lib.train.inputs import inputs_for_root
+
+    torch.set_num_threads(1)
+    root, likes, profile, stores = task
+    return {k: inputs_for_root(root, like, profile, "test", store_dir=stores[k]) for k, like in likes.items()}
+
+
+def prepare_sweep_inputs(levels: pd.DataFrame, inputs_by_kind: dict, profile: str, workers: int = 1,
+                         progress: bool = True) -> list[dict]:
+    """``[{kind: Stage2Data}]`` per level (feature extraction, stage-1 export, priors, z-scoring), in
+    ``workers`` processes: the levels are independent, and each costs ~12 s on one demo core."""
+    import dataclasses
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor
+
+    from emi_lib.notebook import feature_store_dir
+
+    slim = {k: dataclasses.replace(v, sets={}, labels={}) for k, v in inputs_by_kind.items()}  # what a level needs
+    tasks = [(lv.root, slim, profile, {k: str(feature_store_dir(profile, lv.root)) for k in slim})
+             for lv in levels.itertuples()]
+    bar = tqdm(total=len(tasks), desc="sweep inputs", disable=not progress)
+    if workers <= 1 or len(tasks) <= 1:
+        out = []
+        for t in tasks:
+            out.append(_level_inputs(t))
+            bar.update()
+    else:
+        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx) as pool:
+            futures = [pool.submit(_level_inputs, t) for t in tasks]
+            for f in futures:
+                f.add_done_callback(lambda _f: bar.update())
+            out = [f.result() for f in futures]
+    bar.close()
+    return out
+
+
 def evaluate_sweep(models: dict, inputs_by_kind: dict, levels: pd.DataFrame, profile: str,
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool = True, workers: int = 1) -> pd.DataFrame:
     """Score every model on every level's test set.
 
     ``models``: {(variant key, seed): (model, inputs kind)}; ``inputs_by_kind``: {"stage1" | "raw":
     Stage2Inputs of the training root}. Returns one row per (variant, seed, level): ``axis, level, severity,
     mean, <six emotions>, w_vision, w_audio`` (mean fusion weight over the clips that have both
-    modalities; NaN for a single-modality model), ``n``."""
+    modalities; NaN for a single-modality model), ``n``. ``workers`` processes prepare the levels' inputs."""
     from emi_lib.eval.metrics import challenge_score
     from emi_lib.eval.submission import read_hidden_labels
-    from emi_lib.train.inputs import inputs_for_root
     from emi_lib.train.stage2 import predict
 
     rows = []
-    for lv in tqdm(list(levels.itertuples()), desc="sweep evaluation", disable=not progress):
+    level_data = prepare_sweep_inputs(levels, inputs_by_kind, profile, workers, progress)
+    for lv, data in zip(levels.itertuples(), level_data, strict=True):
         labels = read_hidden_labels(lv.root)
         labels.index = [str(i) for i in labels.index]
-        data = {k: inputs_for_root(lv.root, inp, profile, "test") for k, inp in inputs_by_kind.items()}
         for (key, seed), (model, kind) in models.items():
             pred, w, extras = predict(model, data[kind], batch_size=64)
             s = challenge_score(pred, labels.loc[pred.index])
