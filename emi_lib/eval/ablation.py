@@ -19,7 +19,7 @@ import multiprocessing as mp
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -168,8 +168,9 @@ def run_ablation(variants, seeds, sets_by_inputs: dict, eval_split: str, eval_la
             cfg = variant_config(key, profile, dims_by_inputs[v.inputs], seed, len(sets["train"]), **overrides)
             tasks.append({"variant": key, "seed": int(seed), "inputs": v.inputs, "config": cfg.to_dict(),
                           "eval_ids": _ids_hash(sets[eval_split].ids), "run_dir": str(out / "models" / key / f"seed{seed}")})
-    results = [r for r in (_cached(t) for t in tasks) if r is not None]
-    todo = [t for t in tasks if _cached(t) is None]
+    cached_results = [(t, _cached(t)) for t in tasks]
+    results = [r for _, r in cached_results if r is not None]
+    todo = [t for t, r in cached_results if r is None]
     bar = tqdm(total=len(tasks), desc="ablation runs", unit="run", disable=not progress, initial=len(results))
     needed = {t["inputs"] for t in todo}
     init = ({k: v for k, v in sets_by_inputs.items() if k in needed}, eval_split, eval_labels)
@@ -203,9 +204,6 @@ def describe_variants(variants) -> pd.DataFrame:
                                                                    "swap_encoders", "use_text", "tests")}
                          for k in variants}).T
 
-
-def variant_dict(key: str) -> dict:
-    return asdict(VARIANTS[key])
 
 
 def paired_table(scores: pd.DataFrame, reference: str = "full", column: str = "mean") -> pd.DataFrame:

@@ -65,19 +65,15 @@ def _log(ctx, msg: str) -> None:
 
 
 def _priors(root, store, split: str, ctx) -> pd.DataFrame:
-    """The split's signal priors, cached as ``<store>/priors/<split>.csv`` (rank 0 computes, others wait)."""
-    from emi_lib.features.quality import compute_priors
+    """The split's signal priors (:func:`emi_lib.train.inputs.load_priors`, cached in the store): rank 0
+    computes them when absent, the other ranks wait, then every rank reads the cache."""
     from emi_lib.train.distributed import barrier
+    from emi_lib.train.inputs import load_priors
 
-    path = Path(store.root) / "priors" / f"{split}.csv"
-    if ctx.is_main and not path.exists():
-        pri = compute_priors(root, split, progress=False)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".csv.tmp")
-        pri.to_csv(tmp)
-        tmp.replace(path)
+    if ctx.is_main:
+        load_priors(root, store, split)
     barrier()
-    return pd.read_csv(path, dtype={"Filename": str}).set_index("Filename")
+    return load_priors(root, store, split)
 
 
 def run_stage2(a, ctx) -> dict:
