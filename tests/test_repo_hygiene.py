@@ -38,6 +38,17 @@ def test_requirements_are_exact_pins_and_in_the_lock():
         assert lock.get(name) == ver, f"{name}=={ver} in requirements.txt but {lock.get(name)} in requirements.lock"
 
 
+def test_no_deps_requirements_are_pinned_locked_and_installed_by_make():
+    nodeps = _pins((ROOT / "requirements-nodeps.txt").read_text().splitlines())
+    lock = _pins((ROOT / "requirements.lock").read_text().splitlines())
+    assert nodeps, "requirements-nodeps.txt pins nothing"
+    for name, ver in nodeps.items():
+        assert lock.get(name) == ver, f"{name}=={ver} in requirements-nodeps.txt but {lock.get(name)} in the lock"
+    make = (ROOT / "Makefile").read_text()
+    assert "--no-deps -r requirements-nodeps.txt" in make
+    assert "requirements-nodeps.txt" in (ROOT / "environment.yml").read_text()
+
+
 def test_environment_yml_agrees_with_requirements():
     env = yaml.safe_load((ROOT / "environment.yml").read_text())
     deps = env["dependencies"]

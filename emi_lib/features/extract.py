@@ -94,7 +94,7 @@ from emi_lib.features.extract_sources import (
     clip_stride,
     prefetch,
 )
-from emi_lib.features.store import FeatureStore, backbone_key
+from emi_lib.features.store import FeatureStore, backbone_key, split_composite
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,13 @@ STALE_TMP_S: float = 60.0
 def store_backbone(modality: str, backbone: str, *, vision_source: str = "faces", text_source: str = "transcript",
                    max_frames: int | None = None, frame_stride: int = 1, face_size=None) -> str:
     """The name features are stored under: ``backbone`` for default inputs, else
-    ``backbone[opt,...]`` with the non-default input settings (see the module docstring)."""
+    ``backbone[opt,...]`` with the non-default input settings (see the module docstring). A
+    concatenation ``a+b`` is stored as its parts: ``a[opts]+b[opts]``."""
+    parts = split_composite(backbone)
+    if len(parts) > 1:
+        return "+".join(store_backbone(modality, p, vision_source=vision_source, text_source=text_source,
+                                       max_frames=max_frames, frame_stride=frame_stride, face_size=face_size)
+                        for p in parts)
     opts: list[str] = []
     if modality == "vision":
         if backbone != OFFICIAL and vision_source != "faces":
@@ -142,6 +148,7 @@ class ExtractionReport:
     existing: list[str] = field(default_factory=list)
     issues: SkipReport = field(default_factory=SkipReport)
     strides: dict[str, int] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)  # copied from a root with byte-identical media
     dim: int | None = None
     frame_rate: float | None = None
     seconds: float = 0.0
@@ -162,6 +169,7 @@ class ExtractionReport:
     def summary(self, max_listed: int = 5) -> str:
         head = (f"{self.modality}/{self.store_backbone} {self.split}: {self.n_clips} clips, {self.n_done} computed"
                 f" ({self.clips_per_s:.1f} clips/s), {self.n_existing} already stored, "
+                + (f"{len(self.reused)} reused from identical media, " if self.reused else "") +
                 f"{self.n_missing} missing, {self.n_failed} failed; D={self.dim}")
         if self.cleaned_tmp:
             head += f"; removed {self.cleaned_tmp} stale .tmp file(s)"
@@ -235,6 +243,7 @@ def extract_split(
     vision_source: str = "faces", text_source: str = "transcript", max_frames: int | None = None,
     frame_stride: int = 1, face_size=None, ids=None, batch_clips: int = 8, max_batch_frames: int = 2048,
     workers: int = 1, progress: bool = True, on_error: str = "skip", device: str = "cpu", encoder=None,
+    reuse_from: tuple | None = None,
 ) -> ExtractionReport:
     """Extract ``modality`` features of every clip of ``split`` (or ``ids``) with ``backbone``
     into ``store`` (a :class:`FeatureStore` or its folder), skipping clips already stored.
@@ -245,6 +254,8 @@ def extract_split(
     (default: none; crops of one clip must then share a size). ``on_error``: ``"skip"`` lists a
     failed clip (corrupt/unsafe file, non-finite features) in the report and goes on; ``"raise"``
     raises its :class:`DataError`. A missing modality is never an error, always listed.
+    ``reuse_from=(root, store)``: copy the features of clips whose media are byte-identical in that root
+    and stored there (:mod:`emi_lib.features.reuse`; listed in ``report.reused``) instead of encoding them.
     Raises ``ValueError`` for bad arguments, a label prompt on test, or a store folder whose
     features have another D than the encoder's; :class:`DataError` when ``official`` features
     are asked for a root without ``vit/`` / ``wav2vec2/``.
@@ -272,6 +283,16 @@ def extract_split(
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     name = store_backbone(modality, backbone, vision_source=vision_source, text_source=text_source,
                           max_frames=max_frames, frame_stride=frame_stride, face_size=face_size)
+    parts = split_composite(backbone)
+    if len(parts) > 1:  # a concatenation: extract (or reuse) each part, the store joins them on read
+        encoders = getattr(encoder, "parts", None) or [None] * len(parts)
+        reps = [extract_split(dr, split, store, modality, p, vision_source=vision_source, text_source=text_source,
+                              max_frames=max_frames, frame_stride=frame_stride, face_size=face_size, ids=ids,
+                              batch_clips=batch_clips, max_batch_frames=max_batch_frames, workers=workers,
+                              progress=progress, on_error=on_error, device=device, encoder=e,
+                              reuse_from=reuse_from)
+                for p, e in zip(parts, encoders)]
+        return _merge_parts(backbone, name, reps)
     split_ids = dr.ids(split)
     wanted = split_ids if ids is None else list(dict.fromkeys(clip_stem(i) for i in ids))
     unknown = sorted(set(wanted) - set(split_ids))
@@ -285,6 +306,11 @@ def extract_split(
     done = store.done_ids(modality, name, split)
     rep.existing = [c for c in wanted if c in done]
     todo = [c for c in wanted if c not in done]
+    if reuse_from is not None and todo:
+        from emi_lib.features.reuse import reuse_features
+
+        rep.reused = reuse_features(dr, split, store, modality, name, todo, *reuse_from, vision_source=vision_source)
+        todo = [c for c in todo if c not in set(rep.reused)]
     rep.dim = stored_dim = _stored_dim(folder)
     settings = {"max_frames": max_frames, "frame_stride": frame_stride} if modality == "vision" else {}
     if modality == "vision" and backbone != OFFICIAL:
@@ -373,6 +399,31 @@ def extract_split(
 
         barrier()  # _meta.json is written before any rank returns
     return rep
+
+
+def _merge_parts(backbone: str, name: str, reps: list[ExtractionReport]) -> ExtractionReport:
+    """One report for a concatenation from its parts' reports: a clip is stored when every part stored
+    it, missing or failed when any part is."""
+    first = reps[0]
+    out = ExtractionReport(first.split, first.modality, backbone, name, first.folder, n_clips=first.n_clips,
+                           strides=dict(first.strides), frame_rate=first.frame_rate,
+                           seconds=sum(r.seconds for r in reps), cleaned_tmp=sum(r.cleaned_tmp for r in reps))
+    out.dim = sum(r.dim for r in reps) if all(r.dim for r in reps) else None
+    stored = [set(r.computed) | set(r.existing) for r in reps]
+    out.existing = [c for c in first.existing if all(c in r.existing for r in reps)]
+    out.reused = [c for c in first.reused if all(c in r.reused or c in r.existing for r in reps)]
+    out.computed = [c for c in dict.fromkeys(c for r in reps for c in r.computed) if all(c in s for s in stored)]
+    seen_m, seen_f = set(), set()
+    for r in reps:
+        for row in r.issues.missing:
+            if row[0] not in seen_m:
+                seen_m.add(row[0])
+                out.issues.missing.append(row)
+        for row in r.issues.skipped:
+            if row[0] not in seen_f:
+                seen_f.add(row[0])
+                out.issues.skipped.append(row)
+    return out
 
 
 def _rank_world() -> tuple[int, int]:

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from emi_lib.data.errors import DataError
+from emi_lib.features.store import check_features
 
 FORMAT, VERSION = "emi-packed", 1
 INDEX, DATA = "index.json", "data.bin"
@@ -135,8 +136,10 @@ def write_packed(out, clips: Iterable[tuple[str, np.ndarray | None]], dtype="flo
                         dim = int(a.shape[1])
                     if a.shape[1] != dim:
                         raise ValueError(f"clip {cid}: D={a.shape[1]}, but the store's D is {dim}")
-                    if not np.isfinite(a).all() or float(np.abs(a).max()) > limit:
-                        raise ValueError(f"clip {cid}: values are not finite or exceed {dt.name}'s range")
+                    check_features(a, f"clip {cid}")  # masked steps (NaN rows) stay NaN in float16
+                    fin = a[np.isfinite(a)]
+                    if fin.size and float(np.abs(fin).max()) > limit:
+                        raise ValueError(f"clip {cid}: values exceed {dt.name}'s range")
                     fh.write(np.ascontiguousarray(a, dtype=dt).data)
                 ids.append(cid)
                 lengths.append(int(len(a)))

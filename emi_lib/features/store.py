@@ -5,6 +5,17 @@ Layout: ``<root>/<modality>/<backbone-key>/<split>/<id>.npy`` with float32 (T, D
 file-system safe (``openclip:ViT-B-32/openai`` -> ``openclip_ViT-B-32_openai``) plus a short
 hash of the exact name, so two backbones can never share a folder.
 
+**Masked steps.** A row of NaN is a *masked step*: a frame that exists in time but holds no usable
+observation (e.g. ``mediapipe-facemesh`` found no face in it). It keeps the time axis regular and is
+never a row of zeros that would look like data: every reader (stage-1 padding, stage-2 batches,
+z-scoring, pooled probes) takes its mask from :func:`valid_steps`. Any other non-finite value
+(a NaN inside an otherwise valid row, an inf) is refused on write.
+
+**Concatenated backbones.** A name ``a+b[+...]`` (e.g. ``mediapipe-facemesh+fer``) is never stored
+itself: its parts are (each extracted once, reusable alone), and :meth:`FeatureStore.read` /
+:meth:`~FeatureStore.load_split` join them step by step (:func:`concat_steps`); a clip is stored for
+the concatenation when every part holds it.
+
 Writes are atomic (``<id>.npy.tmp`` then :func:`os.replace`): a killed extraction never leaves
 a half-written clip that a reader would take as complete, and a rerun skips finished clips.
 """
@@ -20,6 +31,53 @@ from pathlib import Path
 import numpy as np
 
 from emi_lib.data.errors import DataError
+
+
+def valid_steps(a) -> np.ndarray:
+    """(T,) bool: the steps of a (T, D) array that are not masked (a masked step is a row of NaN)."""
+    a = np.asarray(a)
+    if a.ndim != 2:
+        raise ValueError(f"expected a (T, D) array, got shape {a.shape}")
+    return ~np.isnan(a).any(axis=1) if a.dtype.kind == "f" else np.ones(len(a), dtype=bool)
+
+
+def check_features(arr: np.ndarray, what: str) -> None:
+    """Raise ``ValueError`` unless every value is finite or its whole row is NaN (a masked step)."""
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        partial = bad.any(1) & ~np.isnan(arr).all(1)
+        if partial.any():
+            raise ValueError(f"features of {what} contain NaN or inf in {int(partial.sum())} step(s) that are "
+                             "not wholly NaN (a masked step is a row of NaN)")
+
+
+def split_composite(name: str) -> list[str]:
+    """The parts of a concatenated backbone name (``"a+b[max=64]"`` -> ``["a", "b[max=64]"]``); a plain
+    name gives ``[name]``. A ``+`` inside ``[...]`` options does not split."""
+    parts, depth, cur = [], 0, ""
+    for ch in name:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "+" and depth == 0:
+            parts.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur)
+    if len(parts) > 1 and any(not p for p in parts):
+        raise ValueError(f"{name!r}: an empty part in a concatenated backbone name")
+    return parts
+
+
+def concat_steps(name: str, arrays: list[np.ndarray]) -> np.ndarray:
+    """Join per-step features of the same input along D. Step counts may differ by a few steps at the end
+    (window conventions of audio front ends): the common prefix is kept; a larger difference (over 2 % + 2
+    steps) raises. A step masked (NaN) in any part is masked in the result."""
+    n, longest = min(len(a) for a in arrays), max(len(a) for a in arrays)
+    if longest - n > 0.02 * longest + 2:
+        raise ValueError(f"{name!r}: the parts have {[len(a) for a in arrays]} steps for the same input")
+    out = np.concatenate([np.asarray(a, dtype=np.float32)[:n] for a in arrays], axis=1)
+    out[np.isnan(out).any(1)] = np.nan
+    return out
 
 
 def backbone_key(name: str) -> str:
@@ -44,13 +102,14 @@ class FeatureStore:
         return self.path(modality, backbone, split, cid).exists()
 
     def write(self, modality: str, backbone: str, split: str, cid: str, array: np.ndarray) -> Path:
+        if len(split_composite(backbone)) > 1:
+            raise ValueError(f"{backbone!r} is a concatenation: write its parts, it is joined on read")
         arr = np.asarray(array, dtype=np.float32)
         if arr.ndim == 1:
             arr = arr[None, :]
         if arr.ndim != 2:
             raise ValueError(f"features of clip {cid} must be (T, D), got shape {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise ValueError(f"features of clip {cid} ({modality}, {backbone}) contain NaN or inf")
+        check_features(arr, f"clip {cid} ({modality}, {backbone})")
         folder = self.folder(modality, backbone, split)
         folder.mkdir(parents=True, exist_ok=True)
         meta = folder.parent / "backbone.json"
@@ -66,12 +125,18 @@ class FeatureStore:
         return final
 
     def read(self, modality: str, backbone: str, split: str, cid: str) -> np.ndarray:
+        parts = split_composite(backbone)
+        if len(parts) > 1:
+            return concat_steps(backbone, [self.read(modality, p, split, cid) for p in parts])
         path = self.path(modality, backbone, split, cid)
         if not path.exists():
             raise DataError(path, f"no {modality} features for clip {cid} from backbone {backbone!r}", kind="missing")
         return np.load(path, allow_pickle=False).astype(np.float32, copy=False)
 
     def done_ids(self, modality: str, backbone: str, split: str) -> set[str]:
+        parts = split_composite(backbone)
+        if len(parts) > 1:
+            return set.intersection(*(self.done_ids(modality, p, split) for p in parts))
         folder = self.folder(modality, backbone, split)
         return {p.name[:-4] for p in folder.glob("*.npy")} if folder.exists() else set()
 

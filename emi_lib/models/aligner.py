@@ -59,6 +59,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from torch import nn
 
+from emi_lib.features.store import valid_steps
 from emi_lib.models.fusion import masked_mean, masked_softmax
 
 POOLINGS = ("attention", "mean")
@@ -132,7 +133,8 @@ def pad_batch(arrays: Sequence[np.ndarray], dim: int | None = None,
               max_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Pad a list of (T_i, D) arrays into ``x`` (B, T_max, D) float32 and a prefix ``mask`` (B, T_max) bool.
 
-    A (0, D) or empty array gives an all-False mask row. ``dim`` is needed when every array is
+    A (0, D) or empty array gives an all-False mask row; a row of NaN (a masked step, see
+    :func:`emi_lib.features.store.valid_steps`) is a zero input with mask False. ``dim`` is needed when every array is
     empty. ``max_steps`` subsamples a longer sequence at evenly spaced steps (ours: keeps the whole
     clip's span, unlike a crop)."""
     arrs = []
@@ -156,8 +158,9 @@ def pad_batch(arrays: Sequence[np.ndarray], dim: int | None = None,
     mask = torch.zeros(len(arrs), t_max, dtype=torch.bool)
     for i, a in enumerate(arrs):
         if len(a):
-            x[i, : len(a)] = torch.from_numpy(a)
-            mask[i, : len(a)] = True
+            ok = valid_steps(a)  # a NaN row is a masked step: zero input, mask False
+            x[i, : len(a)] = torch.from_numpy(np.where(ok[:, None], a, 0.0).astype(np.float32))
+            mask[i, : len(a)] = torch.from_numpy(ok)
     return x, mask
 
 

@@ -15,6 +15,19 @@ head) is ours and is a field of ``EMIModelConfig``. The text stream (``use_text`
 vector (B, D_text), e.g. a stage-1 text embedding, with its own (B,) availability mask; it has no
 temporal encoder. With no available stream the fused vector is 0 and the prediction is
 :math:`\sigma(\mathrm{MLP}(0))`, i.e. the head's bias path: finite, never NaN.
+
+**Auxiliary per-modality heads** (``aux_heads``, ours, off by default). A fused model can lean on
+its best stream and leave the others untrained, and then has nothing to fall back on when that
+stream is bad. Each stream's pooled vector :math:`\bar h_m` (the fusion's own pooling, so one
+implementation) gets its own linear head,
+
+.. math::
+
+    \hat y^{(m)} = \sigma(W_m \bar h_m + b_m) \in [0, 1]^6,
+
+returned as ``aux_pred``; training adds :math:`w_{aux}` times their loss on the clips where stream
+m is available (:func:`emi_lib.train.losses.aux_head_loss`). The heads never feed ``pred``, and
+with ``aux_heads=False`` no module is built, so the state dict is exactly the one without them.
 """
 
 from __future__ import annotations
@@ -71,6 +84,7 @@ class EMIModelConfig:
     head_hidden: int = 64  # hidden size of the head MLP; 0 = a single linear layer
     head_dropout: float = 0.1  # dropout in the head
     n_outputs: int = len(EMOTIONS)  # six sigmoid outputs, EMOTIONS order
+    aux_heads: bool = False  # one linear head per pooled stream (aux_pred; Stage2Config.aux_weight trains it)
 
     def __post_init__(self):
         if self.fusion not in MODEL_FUSIONS:
@@ -171,7 +185,8 @@ class EMIModel(nn.Module):
     - ``pred`` (B, 6) in [0, 1] (sigmoid), ``logits`` (B, 6), ``fused`` (B, fusion_dim);
     - ``weights`` (B, M) and ``available`` (B, M) with ``modalities`` the M names;
     - ``scores`` (B, M) quality scores or None; ``per_step_weights`` (B, t_common, M) or None;
-    - ``gates``: {name: (B, T, H_o)} for each stream encoded by a gated BiLSTM with the gate on.
+    - ``gates``: {name: (B, T, H_o)} for each stream encoded by a gated BiLSTM with the gate on;
+    - ``aux_pred``: {name: (B, 6)} in [0, 1] per stream (``aux_heads``), else None.
     """
 
     def __init__(self, cfg: EMIModelConfig):
@@ -211,6 +226,8 @@ class EMIModel(nn.Module):
             )
         else:
             self.head = nn.Linear(cfg.fusion_dim, cfg.n_outputs)
+        if cfg.aux_heads:  # registered only when on: the state dict without them is unchanged
+            self.aux_head = nn.ModuleDict({m: nn.Linear(d, cfg.n_outputs) for m, d in dims.items()})
 
     def forward(self, batch: dict) -> dict:
         seqs, masks, gates = {}, {}, {}
@@ -242,6 +259,9 @@ class EMIModel(nn.Module):
         priors = batch.get("priors") if self.cfg.use_priors else None
         out = self.fusion(seqs, masks, available=batch.get("available"), priors=priors)
         logits = self.head(out["fused"])
+        aux = None
+        if self.cfg.aux_heads:
+            aux = {m: torch.sigmoid(head(out["pooled"][m])) for m, head in self.aux_head.items()}
         return {
             "pred": torch.sigmoid(logits),
             "logits": logits,
@@ -252,4 +272,5 @@ class EMIModel(nn.Module):
             "scores": out["scores"],
             "per_step_weights": out["per_step_weights"],
             "gates": gates,
+            "aux_pred": aux,
         }

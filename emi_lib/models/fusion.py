@@ -16,6 +16,9 @@ is (B,). Modality m is **available** for clip i when its mask has a valid step a
   prediction comes from the head's bias);
 - ``available`` (B, M) bool; ``scores`` (B, M) raw quality scores (quality fusion only, else None);
 - ``per_step_weights`` (B, T_common, M) (quality fusion with ``per_step=True``, else None);
+- ``pooled``: {name: (B, D_m)} the pooled streams (zero for an unavailable clip), which the
+  auxiliary per-modality heads of ``EMIModel`` read (in per-step mode, where no stream is pooled
+  for the mix, the masked mean);
 - ``modalities``: the M names, in column order.
 
 **Pooling** a stream to a clip vector :math:`\bar h = \sum_t a_t h_t` with
@@ -176,14 +179,16 @@ class Fusion(nn.Module):
         out = self.mix(xs, ms, avail, priors or {})
         out.setdefault("scores", None)
         out.setdefault("per_step_weights", None)
+        out.setdefault("pooled", None)
         out["available"] = avail
         out["modalities"] = list(self.names)
         return out
 
     def _pooled(self, xs, ms, avail):
-        """Pooled vectors (name -> (B, D_m)), zero for an unavailable clip."""
+        """Pooled vectors (name -> (B, D_m)), zero for an unavailable clip (masked mean without a pool)."""
         return {
-            m: self.pool[m](xs[m], ms[m]) * avail[:, i : i + 1].to(xs[m].dtype)
+            m: (self.pool[m](xs[m], ms[m]) if m in self.pool else masked_mean(xs[m], ms[m]))
+            * avail[:, i : i + 1].to(xs[m].dtype)
             for i, m in enumerate(self.names)
         }
 
@@ -275,7 +280,7 @@ class QualityGuidedFusion(Fusion):
             -1,
         )  # (B, M)
         w = masked_softmax(scores / self.tau, avail, dim=-1)
-        return {"fused": self._weighted_sum(pooled, w), "weights": w, "scores": scores}
+        return {"fused": self._weighted_sum(pooled, w), "weights": w, "scores": scores, "pooled": pooled}
 
     def _mix_per_step(self, xs, ms, avail, priors):
         steps = self.t_common
@@ -296,6 +301,7 @@ class QualityGuidedFusion(Fusion):
             "weights": w_t.mean(1),
             "scores": scores.mean(1),
             "per_step_weights": w_t,
+            "pooled": self._pooled(xs, ms, avail),
         }
 
 
@@ -307,7 +313,8 @@ class EqualFusion(Fusion):
     def mix(self, xs, ms, avail, priors):
         a = avail.to(next(iter(xs.values())).dtype)
         w = a / a.sum(1, keepdim=True).clamp(min=1.0)
-        return {"fused": self._weighted_sum(self._pooled(xs, ms, avail), w), "weights": w}
+        pooled = self._pooled(xs, ms, avail)
+        return {"fused": self._weighted_sum(pooled, w), "weights": w, "pooled": pooled}
 
 
 class StaticFusion(Fusion):
@@ -321,7 +328,8 @@ class StaticFusion(Fusion):
 
     def mix(self, xs, ms, avail, priors):
         w = masked_softmax(self.logits.unsqueeze(0).expand(avail.shape[0], -1), avail, dim=-1)
-        return {"fused": self._weighted_sum(self._pooled(xs, ms, avail), w), "weights": w}
+        pooled = self._pooled(xs, ms, avail)
+        return {"fused": self._weighted_sum(pooled, w), "weights": w, "pooled": pooled}
 
 
 class ConcatFusion(Fusion):
@@ -344,6 +352,7 @@ class ConcatFusion(Fusion):
         return {
             "fused": self.mixer(torch.cat(parts, -1)),
             "weights": a / a.sum(1, keepdim=True).clamp(min=1.0),
+            "pooled": pooled,
         }
 
 

@@ -29,7 +29,14 @@ TRAIN_DEFAULTS = dict(lr=2e-3,  # peak AdamW learning rate
                       patience=6,  # early stopping on the validation mean PCC
                       mse_weight=1.0, pcc_weight=1.0,  # loss = mse_weight * MSE + pcc_weight * mean(1 - r)
                       tcn_kernel=3, tau=1.0,  # TCN kernel size; softmax temperature of the quality weights
-                      quality_hidden=32, dropout=0.1)  # quality-MLP size; dropout of TCN, LSTM and head
+                      quality_hidden=32, dropout=0.1,  # quality-MLP size; dropout of TCN, LSTM and head
+                      # training-time augmentation (emi_lib.train.augment) and auxiliary heads, all off:
+                      modality_dropout=0.0,  # share of training clips losing one of their streams (ABAW10: 0.3)
+                      corrupt_prob=0.0,  # share of training clips given a face-span or audio-noise corruption
+                      corrupt_face_span=(0.3, 1.0),  # range of the share of a clip's vision steps hidden
+                      corrupt_snr_db=(-10.0, 20.0),  # range of the feature-space audio-noise SNR (dB)
+                      aux_weight=0.0,  # weight of the per-modality auxiliary heads' loss
+                      aux_heads=None)  # build the auxiliary heads; None = exactly when aux_weight > 0
 
 
 def budget(profile: str) -> dict:
@@ -43,17 +50,22 @@ def stage2_config(profile: str, dims: dict, *, fusion: str = "quality", use_prio
     """A :class:`Stage2Config` for ``profile``. ``dims``: {"vision": D, "audio": D, "text": D or None}.
     Priors are used only by quality fusion. ``overrides``: any budget or ``TRAIN_DEFAULTS`` key (None = keep)."""
     b = budget(profile) | dict(TRAIN_DEFAULTS)
-    b.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = set(overrides) - set(b)
+    unknown = set(overrides) - set(b)  # checked before merging (merged keys would always be "known")
     if unknown:
         raise TypeError(f"unknown stage-2 budget key(s) {sorted(unknown)}")
+    b.update({k: v for k, v in overrides.items() if v is not None})
+    aux_heads = b["aux_weight"] > 0 if b["aux_heads"] is None else bool(b["aux_heads"])
     model = EMIModelConfig(
         vision_dim=dims["vision"], audio_dim=dims["audio"], text_dim=dims.get("text") or 384, use_text=use_text,
         tcn_channels=list(b["tcn_channels"]), tcn_kernel=b["tcn_kernel"], lstm_hidden=b["lstm_hidden"],
         fusion_dim=b["fusion_dim"], head_hidden=b["head_hidden"], quality_hidden=b["quality_hidden"], tau=b["tau"],
         tcn_dropout=b["dropout"], lstm_dropout=b["dropout"], head_dropout=b["dropout"],
-        fusion=fusion, use_priors=bool(use_priors and fusion == "quality"), swap_encoders=swap_encoders)
+        fusion=fusion, use_priors=bool(use_priors and fusion == "quality"), swap_encoders=swap_encoders,
+        aux_heads=aux_heads)
     batch = b["batch_size"] if n_train is None else min(b["batch_size"], n_train)
     return Stage2Config(model=model.to_dict(), mse_weight=b["mse_weight"], pcc_weight=b["pcc_weight"], lr=b["lr"],
                         epochs=b["epochs"], batch_size=batch, patience=b["patience"], seed=seed,
-                        max_len=b["max_len"], max_len_audio=b["max_len_audio"], ckpt_every_steps=None, device="auto")
+                        max_len=b["max_len"], max_len_audio=b["max_len_audio"], ckpt_every_steps=None, device="auto",
+                        modality_dropout=b["modality_dropout"], corrupt_prob=b["corrupt_prob"],
+                        corrupt_face_span=list(b["corrupt_face_span"]), corrupt_snr_db=list(b["corrupt_snr_db"]),
+                        aux_weight=b["aux_weight"])

@@ -3,8 +3,9 @@ r"""Stage-2 data: per-clip feature sequences -> padded, masked batches for ``EMI
 A split is a :class:`Stage2Data`: ``vision`` {id: (T_v, D_v)}, ``audio`` {id: (T_a, D_a)}, optional
 ``text`` {id: (D_t,)} (or (1, D_t)), optional ``labels`` (DataFrame indexed by id, the six EMOTIONS
 columns) and optional ``priors`` (DataFrame indexed by id, see :mod:`emi_lib.features.quality`).
-A clip lacking a modality has no key (or a (0, D) array): its mask row is all False and
-``available[m]`` is False, and the model still predicts for it. The clip list is ``ids``, else the
+A clip lacking a modality has no key (or a (0, D) array, or only masked steps): its mask row is all
+False and ``available[m]`` is False, and the model still predicts for it. A row of NaN is a masked
+step (a frame without a detected face): its input is 0 and its mask False. The clip list is ``ids``, else the
 labels' index, else the sorted union of the feature keys.
 
 **Long sequences** (ours): a sequence longer than ``max_len`` steps is subsampled at evenly spaced
@@ -34,6 +35,7 @@ import pandas as pd
 import torch
 
 from emi_lib.constants import EMOTIONS, clip_stem
+from emi_lib.features.store import valid_steps
 from emi_lib.train.seeding import epoch_generator
 
 STREAMS = ("vision", "audio", "text")
@@ -132,7 +134,10 @@ class Stage2Data:
         if _is_lazy(d):
             return cid in d and d.length(cid) > 0
         a = d.get(cid)
-        return a is not None and np.asarray(a).size > 0
+        if a is None or np.asarray(a).size == 0:
+            return False
+        a = np.asarray(a)
+        return a.ndim < 2 or bool(valid_steps(a).any())  # every step masked: the stream is missing
 
     def missing_counts(self) -> dict[str, int]:
         """Clips lacking each stream (no key or an empty array); text only when text is given."""
@@ -236,8 +241,9 @@ class Stage2Dataset(torch.utils.data.Dataset):
             x = torch.zeros(len(idx), t, self.dims[m])
             mask = torch.zeros(len(idx), t, dtype=torch.bool)
             for b, s in enumerate(seqs):
-                x[b, : len(s)] = s
-                mask[b, : len(s)] = True
+                ok = ~torch.isnan(s).any(1)  # a NaN row is a masked step (emi_lib.features.store.valid_steps)
+                x[b, : len(s)] = torch.where(ok[:, None], s, 0.0)
+                mask[b, : len(s)] = ok
             batch[m], batch[f"{m}_mask"], batch["available"][m] = x, mask, mask.any(1)
         if self.text is not None:
             batch["text"], batch["text_mask"] = self.text[idx], self.text_mask[idx]

@@ -33,7 +33,7 @@ import pandas as pd
 from emi_lib.data import DataRoot
 from emi_lib.features.extract import extract_all
 from emi_lib.features.quality import compute_priors
-from emi_lib.features.store import FeatureStore
+from emi_lib.features.store import FeatureStore, valid_steps
 from emi_lib.train.data import Stage2Data
 
 SPLITS = ("train", "valid", "test")
@@ -150,6 +150,7 @@ class Standardizer:
             for a in (getattr(data, m) or {}).values():
                 if np.size(a):
                     a = np.asarray(a, dtype=np.float64)
+                    a = a[valid_steps(a)]  # masked steps (NaN rows) carry no statistics and stay NaN
                     n, s1, s2 = n + len(a), s1 + a.sum(0), s2 + (a * a).sum(0)
             if n == 0:
                 raise ValueError(f"cannot standardise {m}: no training clip has {m} features")
@@ -190,9 +191,30 @@ class Stage2Inputs:
         return self.sets["train"].dims()
 
 
+def with_detected_faces(priors: pd.DataFrame, vision: Mapping) -> pd.DataFrame:
+    r"""Add ``face_detected_share`` (the share of a clip's vision steps that are not masked, e.g. frames in
+    which the face mesh found a face) and fold it into the usable-face prior:
+    :math:`\text{face\_quality} \leftarrow \text{face\_quality} \times \text{face\_detected\_share}`.
+    Backbones that mask no step give a share of 1 (no change); a clip without vision steps keeps its prior
+    (NaN when the modality is missing). A lazy store (packed, full scale) is not read for this: share NaN,
+    prior unchanged."""
+    out = priors.copy()
+    share = pd.Series(np.nan, index=out.index, dtype=float)
+    if isinstance(vision, dict):
+        for cid, a in vision.items():
+            a = np.asarray(a)
+            if cid in share.index and a.ndim == 2 and len(a):
+                share[cid] = float(valid_steps(a).mean())
+    out["face_detected_share"] = share
+    if "face_quality" in out:
+        out["face_quality"] = out["face_quality"] * share.fillna(1.0)
+    return out
+
+
 def _build_split(root, store, streams, raw_store, text_pair, split, labels, ids) -> Stage2Data:
     d = Stage2Data.from_store(store, split, vision=streams["vision"], audio=streams["audio"], labels=labels,
                               priors=load_priors(root, raw_store, split), ids=ids)
+    d.priors = with_detected_faces(d.priors, d.vision)
     if text_pair:
         d.text = {k: v.reshape(-1) for k, v in raw_store.load_split(*text_pair, split).items()}
     return d
@@ -245,8 +267,10 @@ def inputs_for_root(new_root: str | os.PathLike, like: Stage2Inputs, profile: st
     data = DataRoot(new_root)
     raw_store = FeatureStore(store_dir or feature_store_dir(profile, new_root))
     vb, ab = like.raw_streams["vision"][1], like.raw_streams["audio"][1]
+    # clips whose media are byte-identical in the original root (e.g. the faces of a test set regenerated with
+    # only audio noise) get its stored features instead of a second extraction (emi_lib.features.reuse)
     extract_all(new_root, raw_store, vb, ab, like.text_pair[1] if like.text_pair else None, splits=[split],
-                progress=False, verbose=verbose)
+                progress=False, verbose=verbose, reuse_from=(like.root, like.raw_store))
     streams = like.streams
     if like.kind == "stage1":
         for m, (mod, key) in like.streams.items():

@@ -58,3 +58,44 @@ def emi_loss(
     pcc = (1.0 - r).mean()
     total = mse_weight * mse + pcc_weight * pcc
     return total, {"mse": mse, "pcc": pcc, "r": r}
+
+
+def aux_head_loss(
+    aux_pred: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    available: dict[str, torch.Tensor],
+    mse_weight: float = 1.0,
+    pcc_weight: float = 1.0,
+    min_clips: int = 2,
+) -> torch.Tensor:
+    r"""Mean over streams of :func:`emi_loss` of each per-modality head, on its available clips only.
+
+    With :math:`S` the streams having at least ``min_clips`` available clips :math:`I_m` in the batch
+    (a Pearson r needs two), :math:`\mathcal L_{aux} = \frac{1}{|S|}\sum_{m \in S}
+    \mathcal L(\hat y^{(m)}_{I_m}, y_{I_m})`; 0 when :math:`S` is empty. A skipped head still enters
+    the graph with weight 0, so every parameter gets a gradient (DDP needs it)."""
+    terms, total = [], target.new_zeros(())
+    for m, p in aux_pred.items():
+        rows = available[m].bool().reshape(-1)
+        if int(rows.sum()) >= min_clips:
+            terms.append(emi_loss(p[rows], target[rows], mse_weight, pcc_weight)[0])
+        else:
+            total = total + 0.0 * p.sum()
+    return total + (torch.stack(terms).mean() if terms else 0.0)
+
+
+def stage2_loss(
+    out: dict, target: torch.Tensor, mse_weight: float = 1.0, pcc_weight: float = 1.0, aux_weight: float = 0.0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    r"""Training loss of one ``EMIModel`` output: :math:`\mathcal L(\hat y, y) + w_{aux}\,\mathcal L_{aux}`.
+
+    :math:`\mathcal L_{aux}` (:func:`aux_head_loss`) is added when the model has auxiliary heads
+    (``out["aux_pred"]`` is not None; availability from ``out["available"]``). ``parts`` are
+    :func:`emi_loss`'s, plus ``"aux"`` (unweighted) when the heads exist."""
+    total, parts = emi_loss(out["pred"], target, mse_weight, pcc_weight)
+    if out.get("aux_pred") is not None:
+        available = dict(zip(out["modalities"], out["available"].unbind(1), strict=True))
+        parts["aux"] = aux_head_loss(out["aux_pred"], target.to(out["pred"].dtype), available, mse_weight,
+                                     pcc_weight)
+        total = total + aux_weight * parts["aux"]
+    return total, parts

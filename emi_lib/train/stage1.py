@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from emi_lib.constants import EMOTIONS, clip_stem
 from emi_lib.eval.retrieval import retrieval_recall
+from emi_lib.features.store import valid_steps
 from emi_lib.models.aligner import AlignerConfig, ModalityTextAligner, build_loss, pad_batch
 
 
@@ -63,10 +64,11 @@ def resolve_device(name: str, world: int = 1) -> torch.device:
 
 
 def usable_ids(feats: dict, text: dict | None = None) -> list[str]:
-    """Ids with at least one frame (and a text embedding when ``text`` is given), sorted."""
+    """Ids with at least one valid (unmasked) frame (and a text embedding when ``text`` is given), sorted."""
     if hasattr(feats, "length"):  # a lazy PackedStore: lengths from its index, no data read
         return sorted(k for k in feats if feats.length(k) > 0 and (text is None or k in text))
-    return sorted(k for k, v in feats.items() if np.asarray(v).size > 0 and (text is None or k in text))
+    return sorted(k for k, v in feats.items() if np.asarray(v).size > 0 and (text is None or k in text)
+                  and (np.ndim(v) < 2 or valid_steps(v).any()))  # every step masked: no frames
 
 
 def _text_matrix(text: dict, ids) -> torch.Tensor:
@@ -313,10 +315,12 @@ def export_aligned(model: ModalityTextAligner, feats: dict, normalize_frames: bo
         c = torch.nn.functional.normalize(model.pool_frames(h, m), dim=-1)
         if normalize_frames:
             h = torch.nn.functional.normalize(h, dim=-1)
-        h, c = h.cpu().numpy(), c.cpu().numpy()
+        h, c, m = h.cpu().numpy(), c.cpu().numpy(), m.cpu()
         for j, cid in enumerate(bids):
             clip_emb[cid] = c[j]
-            frame_seq[cid] = np.ascontiguousarray(h[j, : len(feats[cid])])
+            seq = np.ascontiguousarray(h[j, : len(feats[cid])])
+            seq[~m[j, : len(seq)].numpy()] = np.nan  # a masked input step stays a masked step
+            frame_seq[cid] = seq
     missing = sorted(set(ids) - set(present))
     return AlignedFeatures(clip_emb, frame_seq, missing)
 

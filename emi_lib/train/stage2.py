@@ -15,7 +15,11 @@ Paper (arXiv 2503.10603, stage 2) gives no training recipe; everything here is o
 
   with :math:`W` = ``warmup_steps`` (or ``round(warmup_ratio * S)``) and :math:`\rho` = ``min_lr_ratio``;
 - early stopping on the validation mean PCC (``challenge_score`` over the **whole** validation set
-  after each epoch; a NaN score never counts as an improvement), ``patience`` epochs.
+  after each epoch; a NaN score never counts as an improvement), ``patience`` epochs;
+- optional (off by default): modality dropout and feature-level face / audio corruptions of the
+  training batches (:mod:`emi_lib.train.augment`, drawn from a generator seeded by (seed, epoch,
+  step), never in evaluation), and per-modality auxiliary heads, loss
+  :math:`\mathcal L + w_{aux}\,\mathcal L_{aux}` (:func:`~emi_lib.train.losses.stage2_loss`).
 
 Run folder: ``config.json`` (this config), ``checkpoint.pt`` (the latest state: model, optimiser,
 scheduler, epoch, step within the epoch, best score, early-stop counter, history, RNG states and the
@@ -65,6 +69,7 @@ from emi_lib.constants import EMOTIONS
 from emi_lib.eval.metrics import challenge_score
 from emi_lib.features.quality import PRIOR_COLUMNS
 from emi_lib.models.emi_model import EMIModel, EMIModelConfig
+from emi_lib.train.augment import augment_batch, augment_generator, augmentation_enabled, check_augment_fields
 from emi_lib.train.checkpoint import (
     atomic_torch_save,
     atomic_write_json,
@@ -75,7 +80,7 @@ from emi_lib.train.checkpoint import (
 )
 from emi_lib.train.data import Stage2Data, Stage2Dataset, epoch_batches, eval_batches, shard, to_device
 from emi_lib.train.distributed import barrier, broadcast_object
-from emi_lib.train.losses import emi_loss
+from emi_lib.train.losses import emi_loss, stage2_loss
 from emi_lib.train.seeding import rng_state, seed_everything, set_rng_state
 
 #: Config fields that may change between a run and its resume (they do not change the result).
@@ -116,6 +121,12 @@ class Stage2Config:
     restore_best: bool = True  # return (and leave in memory) the best validation weights
     num_workers: int = 0  # DataLoader workers for training batches (0 = collate in this process)
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:1" ...
+    # --- training-time augmentation (emi_lib.train.augment) and auxiliary heads; all off by default ---
+    modality_dropout: float = 0.0  # share of training clips losing one of their (>= 2) available streams
+    corrupt_prob: float = 0.0  # share of training clips given a face-span or an audio-noise corruption
+    corrupt_face_span: list = field(default_factory=lambda: [0.3, 1.0])  # range of the hidden vision share
+    corrupt_snr_db: list = field(default_factory=lambda: [-10.0, 20.0])  # range of the audio-noise SNR (dB)
+    aux_weight: float = 0.0  # w_aux of the per-modality heads' loss (needs model aux_heads=True)
 
     def __post_init__(self):
         if isinstance(self.model, EMIModelConfig):
@@ -130,6 +141,7 @@ class Stage2Config:
                                      f"{self.prior_columns.get(m)}: give one column per prior value")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        check_augment_fields(self)
 
     def model_config(self) -> EMIModelConfig:
         return EMIModelConfig.from_dict(dict(self.model))
@@ -273,6 +285,8 @@ def _check_resumable(saved: dict, cfg: Stage2Config, path: Path) -> None:
     # a field added after the checkpoint was written counts as its default (it did not exist, so it was off)
     defaults = Stage2Config().to_dict()
     saved = {**{k: v for k, v in defaults.items() if k not in saved and k != "model"}, **saved}
+    if isinstance(saved.get("model"), dict):  # the same for model fields (e.g. aux_heads)
+        saved["model"] = {**EMIModelConfig().to_dict(), **saved["model"]}
     diff = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
     if diff:
         raise ValueError(f"{path} was written with another config (fields {diff} differ): use a new run_dir "
@@ -370,8 +384,10 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
                     disable=not (progress and main))
         for j, batch in enumerate(_iter_batches(train_ds, batches[st["step_in_epoch"]:], cfg.num_workers),
                                   start=st["step_in_epoch"]):
+            if augmentation_enabled(cfg):  # training batches only; replayed exactly on resume
+                batch = augment_batch(batch, cfg, augment_generator(cfg.seed, epoch, j, rank))
             batch = to_device(batch, device)
-            loss, parts = emi_loss(model(batch)["pred"], batch["labels"], cfg.mse_weight, cfg.pcc_weight)
+            loss, parts = stage2_loss(model(batch), batch["labels"], cfg.mse_weight, cfg.pcc_weight, cfg.aux_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip is not None:
