@@ -24,11 +24,16 @@ SECTIONS = [
      "Ridge regression on per-clip summary features of each modality, against SynthMimic's noise ceiling (the "
      "best score possible given its noisy labels).",
      ["ridge_by_modality"], ["ridge_by_modality.png"]),
+    ("Notebook 01 · which backbone carries the signal",
+     "A ridge probe on each backbone's mean-pooled raw features (validation): random-init and fine-tuned "
+     "image towers against the offline pretrained face and voice models.",
+     ["stage1_backbone_probe"], ["stage1_backbone_probe.png"]),
     ("Notebook 01 · stage 1, contrastive alignment",
      "Does a linear probe read the labels better from the stage-1 aligned embeddings than from the raw backbone "
-     "features?", ["stage1_probe"], ["stage1_probe.png"]),
+     "features, and what does the label leak do to the training split (in-fold vs out-of-fold)?",
+     ["stage1_probe"], ["stage1_probe.png"]),
     ("Notebook 02 · stage 2, one seed",
-     "The full model against single-modality and equal-weight models, and the targets of the stage-2 issue.",
+     "The full model against single-modality and equal-weight models, and the targets on one seed.",
      ["stage2_scores", "stage2_targets"], ["stage2_pcc_bars.png", "stage2_weights_vs_severity.png"]),
     ("Notebook 03 · ablation over seeds, with 95% confidence intervals",
      "Each arm removes one part of the method; the paired comparison says whether the full model is better "
@@ -37,6 +42,8 @@ SECTIONS = [
      "The same test clips regenerated at rising occlusion and falling SNR; scores and fusion weights against "
      "severity.", ["robustness_curve"], ["robustness_sweep.png"]),
     ("Notebook 03 · conclusions (computed by the notebook)", "", ["ablation_conclusions"], []),
+    ("Notebook 03 · targets of the study", "Mean over the model seeds [95% interval]; differences paired over seeds.",
+     ["study_targets"], []),
     ("Notebook 04 · explorer snapshot", "", [], ["explorer_snapshot.png"]),
     ("Run time of the demo (measured by `make demo`)", "", ["demo_timing"], []),
 ]

@@ -258,9 +258,11 @@ def test_resume_with_augmentation_matches_the_uninterrupted_run(tmp_path):
 
 def test_config_fields_budgets_and_validation(tmp_path):
     dims = {"vision": DV, "audio": DA}
-    off = stage2_config("smoke", dims)
-    assert (off.modality_dropout, off.corrupt_prob, off.aux_weight) == (0.0, 0.0, 0.0)
-    assert not off.model["aux_heads"]
+    default = stage2_config("smoke", dims)  # the recipe: dropout and corruption training on, no auxiliary heads
+    assert (default.modality_dropout, default.corrupt_prob, default.aux_weight) == (0.3, 0.3, 0.0)
+    assert not default.model["aux_heads"]
+    off = stage2_config("smoke", dims, modality_dropout=0.0, corrupt_prob=0.0)
+    assert (off.modality_dropout, off.corrupt_prob) == (0.0, 0.0)
     on = stage2_config("smoke", dims, modality_dropout=0.3, corrupt_prob=0.5, aux_weight=0.3,
                        corrupt_snr_db=(0.0, 10.0))
     assert (on.modality_dropout, on.corrupt_prob, on.aux_weight) == (0.3, 0.5, 0.3)

@@ -38,7 +38,7 @@ def test_02_stage2_fusion_training(run_notebook):
     root = Path(rec["data_root"])
     assert len(validate_submission(sub, root)) > 0
     assert abs(rec["submission_score"] - scores["full (quality fusion)"]["mean"]) < 1e-4
-    assert set(rec["targets"]) == {"full >= 0.85 x noise ceiling", "full >= best single modality + 0.05",
+    assert set(rec["targets"]) == {"full >= 0.60 mean PCC", "full >= best single modality + 0.05",
                                    "quality > equal fusion on corrupted clips"}
     assert all(isinstance(t["holds"], bool) for t in rec["targets"].values())
     w = rec["mean_weights_by_corruption"]

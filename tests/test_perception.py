@@ -194,3 +194,19 @@ def test_facemesh_threads_do_not_change_the_output(clip):
     one = FaceMeshEncoder(threads=1).encode_frames(frames)
     two = FaceMeshEncoder(threads=2).encode_frames(frames)
     np.testing.assert_array_equal(one, two)
+
+
+def test_bilstm_runs_over_masked_steps_in_a_clip():
+    """A vision stream with masked steps inside a clip (no face) through the gated BiLSTM (swapped encoders):
+    the recurrence sees only the valid steps, in order, and the outputs sit at their time steps."""
+    from emi_lib.models.emi_model import EMIModel, EMIModelConfig
+
+    torch.manual_seed(0)
+    cfg = EMIModelConfig.tiny(vision_dim=3, audio_dim=2, swap_encoders=True, fusion="equal", use_priors=False)
+    enc = EMIModel(cfg).encoders["vision"].eval()
+    x = torch.randn(1, 6, 3)
+    mask = torch.tensor([[True, False, True, True, False, True]])
+    h, _ = enc(x, mask)
+    compact, _ = enc(x[:, mask[0]], torch.ones(1, 4, dtype=torch.bool))
+    assert torch.allclose(h[0, mask[0]], compact[0], atol=1e-6)
+    assert torch.all(h[0, ~mask[0]] == 0)

@@ -32,7 +32,8 @@ from emi_lib.eval.metrics import challenge_score
 
 @dataclass(frozen=True)
 class Variant:
-    """One arm of the ablation. ``inputs``: "stage1" (aligned sequences) or "raw" (backbone features)."""
+    """One arm of the ablation. ``inputs``: a key of :data:`INPUTS` ("stage1": aligned sequences, "raw": the
+    same backbones' features, or raw features of another backbone)."""
 
     label: str  # name in tables and plots
     kind: str = "stage2"  # "stage2" (trained EMIModel) | "ridge" (closed-form baseline)
@@ -41,7 +42,22 @@ class Variant:
     use_priors: bool = True  # signal priors for the quality estimators (quality fusion only)
     swap_encoders: bool = False  # TCN over audio, gated BiLSTM over vision
     use_text: bool = False  # transcript embedding as a third stream
+    train: tuple = ()  # (key, value) training overrides of the recipe (emi_lib.train.budgets), e.g. no dropout
+    reference: str = "full"  # the arm it is compared with (backbone arms: the raw-input arm, same inputs kind)
     tests: str = ""  # the claim this arm tests
+
+
+#: input kinds of the arms: "stage1" (notebook 01's aligned sequences), "raw" (the backbones notebook 01
+#: aligned, unaligned), and raw features of one other backbone (the other modality keeps the raw default)
+INPUTS: dict[str, dict] = {
+    "stage1": {}, "raw": {},
+    "raw_openclip": {"vision_backbone": "openclip-tiny"},  # the random-init ViT that was the default before
+    "raw_facemesh": {"vision_backbone": "mediapipe-facemesh"},
+    "raw_fer": {"vision_backbone": "fer"},
+    "raw_finetuned": {"vision_backbone": "finetuned"},  # notebook 01's fine-tuned image tower
+    "raw_logmel": {"audio_backbone": "logmel"},
+    "raw_egemaps": {"audio_backbone": "opensmile-egemaps"},
+}
 
 
 #: key -> variant, in table order; "full" is the reference of every paired comparison.
@@ -55,6 +71,18 @@ VARIANTS: dict[str, Variant] = {
     "audio_only": Variant("audio only (gated BiLSTM)", fusion="audio_only", use_priors=False, tests="fusion helps"),
     "swapped": Variant("swapped encoders", swap_encoders=True, tests="TCN for vision, BiLSTM for audio helps"),
     "text": Variant("text as third stream", use_text=True, tests="(ours) does the transcript add information?"),
+    "no_dropout": Variant("no modality dropout", train=(("modality_dropout", 0.0),),
+                          tests="modality dropout teaches the fusion to compensate"),
+    "no_corruption": Variant("no corruption training", train=(("corrupt_prob", 0.0),),
+                             tests="corruption-aware training teaches the fusion to compensate"),
+    "aux": Variant("with auxiliary heads", train=(("aux_weight", 0.3),),
+                   tests="(ours) per-modality auxiliary heads help"),
+    "v_openclip": Variant(reference="no_stage1", label="vision: openclip-tiny (raw)", inputs="raw_openclip",
+                          tests="backbone: the pretrained face models beat a random-init ViT"),
+    "v_finetuned": Variant(reference="no_stage1", label="vision: fine-tuned tower (raw)", inputs="raw_finetuned",
+                           tests="backbone: pretrained face models vs the stage-1 fine-tuned image tower"),
+    "v_facemesh": Variant(reference="no_stage1", label="vision: face mesh only (raw)", inputs="raw_facemesh", tests="backbone: fer adds to the mesh"),
+    "a_logmel": Variant(reference="no_stage1", label="audio: log mel only (raw)", inputs="raw_logmel", tests="backbone: ComParE adds to log mel"),
     "ridge": Variant("ridge on mean-pooled features", kind="ridge", inputs="raw", tests="a linear baseline"),
 }
 
@@ -67,7 +95,7 @@ def variant_config(key: str, profile: str, dims: dict, seed: int, n_train: int, 
 
     v = VARIANTS[key]
     return stage2_config(profile, dims, fusion=v.fusion, use_priors=v.use_priors, seed=seed, use_text=v.use_text,
-                         swap_encoders=v.swap_encoders, n_train=n_train, **overrides)
+                         swap_encoders=v.swap_encoders, n_train=n_train, **(overrides | dict(v.train)))
 
 
 def _ids_hash(ids) -> str:
@@ -123,7 +151,6 @@ def ridge_scores(raw_sets: dict, eval_split: str, eval_labels: pd.DataFrame) -> 
     """Ridge (alpha by leave-one-out CV on train) on each clip's mean-pooled (z-scored) vision and audio
     features plus two availability flags, scored on ``eval_split``. Deterministic: the same for every seed."""
     from emi_lib.eval.probe import fit_ridge
-
     from emi_lib.eval.retrieval import mean_pool
 
     def design(d):
@@ -209,18 +236,24 @@ def describe_variants(variants) -> pd.DataFrame:
 
 
 def paired_table(scores: pd.DataFrame, reference: str = "full", column: str = "mean") -> pd.DataFrame:
-    """For every variant but the reference: the reference's advantage ``reference - variant`` on
-    ``column`` over their common seeds (:func:`emi_lib.eval.stats.paired_comparison`); "holds" means
-    the reference is better with the whole 95% interval above 0."""
+    """For every variant but the reference: its reference's advantage ``reference - variant`` on ``column``
+    over their common seeds (:func:`emi_lib.eval.stats.paired_comparison`); "holds" means the reference is
+    better with the whole 95% interval above 0. The reference is ``reference`` (the full model), except for
+    an arm whose :attr:`Variant.reference` names another arm that was run (a backbone arm is compared with
+    the raw-input arm: same inputs kind, one backbone changed)."""
     from emi_lib.eval.stats import paired_comparison
 
-    ref = scores[scores["key"] == reference].set_index("seed")[column].to_dict()
-    if not ref:
+    by_key = {k: g.set_index("seed")[column].to_dict() for k, g in scores.groupby("key", sort=False)}
+    if reference not in by_key:
         raise ValueError(f"no rows of the reference variant {reference!r}")
     rows = {}
-    for key, g in scores[scores["key"] != reference].groupby("key", sort=False):
-        c = paired_comparison(ref, g.set_index("seed")[column].to_dict())
-        rows[key] = {"variant": VARIANTS[key].label, "claim tested": VARIANTS[key].tests, **c}
+    for key, vals in by_key.items():
+        if key == reference:
+            continue
+        ref = VARIANTS[key].reference if VARIANTS[key].reference in by_key else reference
+        c = paired_comparison(by_key[ref], vals)
+        rows[key] = {"variant": VARIANTS[key].label, "reference": VARIANTS[ref].label,
+                     "claim tested": VARIANTS[key].tests, **c}
     return pd.DataFrame(rows).T.rename_axis("key")
 
 
@@ -231,6 +264,8 @@ CLAIMS = {
     "fusing both modalities beats either alone": ["vision_only", "audio_only"],
     "TCN for vision and gated BiLSTM for audio beat the swapped assignment": ["swapped"],
     "the full model beats a linear baseline": ["ridge"],
+    "training with modality dropout and corruption teaches the fusion to compensate": ["no_dropout", "no_corruption"],
+    "the pretrained face models beat the random-init and fine-tuned image towers": ["v_openclip", "v_finetuned"],
 }
 
 
@@ -238,6 +273,10 @@ def _diff_text(row) -> str:
     if not np.isfinite(float(row["lo"])):
         return f"{float(row['diff']):+.3f} (1 seed, no interval)"
     return f"{float(row['diff']):+.3f} [{float(row['lo']):+.3f}, {float(row['hi']):+.3f}] ({row['verdict']})"
+
+
+def _short(label: str) -> str:
+    return label.split(" (")[0]
 
 
 def claim_verdicts(paired: pd.DataFrame) -> pd.DataFrame:
@@ -257,6 +296,7 @@ def claim_verdicts(paired: pd.DataFrame) -> pd.DataFrame:
             verdict = "contradicted"
         else:
             verdict = "not shown"
-        detail = "; ".join(f"full − {paired.loc[k, 'variant']}: {_diff_text(paired.loc[k])}" for k in got)
+        detail = "; ".join(f"{_short(paired.loc[k, 'reference'])} − {paired.loc[k, 'variant']}: "
+                           f"{_diff_text(paired.loc[k])}" for k in got)
         rows[claim] = {"verdict": verdict, "evidence": detail}
     return pd.DataFrame(rows).T.rename_axis("claim")

@@ -33,7 +33,7 @@ CLEAN = dict(occlusion_rate=0.0, missing_frames_rate=0.0, no_face_rate=0.0, nois
 
 #: default severity levels per profile: occlusion rates and SNRs in dB
 LEVELS = {"smoke": {"occlusion": (0.5, 1.0), "snr": (10.0, -10.0)},
-          "demo": {"occlusion": (0.33, 0.67, 1.0), "snr": (10.0, 0.0, -10.0)}}
+          "demo": {"occlusion": (0.5, 1.0), "snr": (5.0, -10.0)}}
 
 
 def sweep_levels(occlusion=(0.33, 0.67, 1.0), snr_db=(10.0, 0.0, -10.0)) -> pd.DataFrame:

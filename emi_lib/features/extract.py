@@ -102,6 +102,8 @@ __all__ = ["META_NAME", "OFFICIAL", "OFFICIAL_FOLDERS", "VISION_SOURCES", "Extra
            "extract_all", "extract_split", "main", "read_meta", "store_backbone"]
 
 VISION_SOURCES: tuple[str, ...] = ("faces", "video")
+#: the keyword arguments of extract_split that are part of the store name (:func:`store_backbone`)
+_NAME_OPTIONS = ("vision_source", "text_source", "max_frames", "frame_stride", "face_size")
 META_NAME: str = "_meta.json"
 #: A leftover ``<id>.npy.tmp`` older than this (seconds) is removed at the start of a run.
 STALE_TMP_S: float = 60.0
@@ -306,6 +308,15 @@ def extract_split(
     done = store.done_ids(modality, name, split)
     rep.existing = [c for c in wanted if c in done]
     todo = [c for c in wanted if c not in done]
+    if modality in ("vision", "audio") and backbone != OFFICIAL and todo:  # absent media: missing, no encoder needed
+        present = []
+        for cid in todo:
+            err = absent_media(dr, split, cid, modality, vision_source)
+            if err is None:
+                present.append(cid)
+            else:
+                rep.issues.add_missing(cid, modality, err)
+        todo = present
     if reuse_from is not None and todo:
         from emi_lib.features.reuse import reuse_features
 
@@ -401,6 +412,23 @@ def extract_split(
     return rep
 
 
+def absent_media(dr: DataRoot, split: str, cid: str, modality: str, vision_source: str = "faces") -> DataError | None:
+    """The :class:`DataError` (kind ``missing`` / ``empty``) when a clip has no media for ``modality``, else
+    None (checked without decoding: such a clip is listed as missing without loading any encoder)."""
+    from emi_lib.data.media import face_files
+
+    if modality == "text":
+        return None
+    if modality == "vision" and vision_source == "faces":
+        try:
+            face_files(dr.face_dir(split, cid))
+        except DataError as err:
+            return err if err.kind in ABSENT_KINDS else None
+        return None
+    p = dr.video_path(split, cid) if modality == "vision" else dr.audio_path(split, cid)
+    return None if p.exists() else DataError(p, "file does not exist", kind="missing")
+
+
 def _merge_parts(backbone: str, name: str, reps: list[ExtractionReport]) -> ExtractionReport:
     """One report for a concatenation from its parts' reports: a clip is stored when every part stored
     it, missing or failed when any part is."""
@@ -490,7 +518,11 @@ def extract_all(root, store, vision_backbone: str | None = None, audio_backbone:
         if not backbone:
             continue
         encoder = None
-        if backbone != OFFICIAL:
+        name = store_backbone(modality, backbone, **{k: v for k, v in kwargs.items() if k in _NAME_OPTIONS})
+        vs = kwargs.get("vision_source", "faces")
+        todo = any(absent_media(dr, s, c, modality, vs) is None
+                   for s in splits for c in set(dr.ids(s)) - store.done_ids(modality, name, s))
+        if backbone != OFFICIAL and todo:  # loaded once, and only when a clip is left to encode
             from emi_lib.features import load_backbone
 
             encoder = load_backbone(modality, backbone, device)

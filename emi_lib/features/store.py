@@ -14,7 +14,9 @@ z-scoring, pooled probes) takes its mask from :func:`valid_steps`. Any other non
 **Concatenated backbones.** A name ``a+b[+...]`` (e.g. ``mediapipe-facemesh+fer``) is never stored
 itself: its parts are (each extracted once, reusable alone), and :meth:`FeatureStore.read` /
 :meth:`~FeatureStore.load_split` join them step by step (:func:`concat_steps`); a clip is stored for
-the concatenation when every part holds it.
+the concatenation when every part holds it. This applies to the raw backbone modalities ``vision`` and
+``audio`` only: derived features (e.g. ``vision_aligned``, keyed by a stage-1 run) are stored under their
+own key whatever it contains.
 
 Writes are atomic (``<id>.npy.tmp`` then :func:`os.replace`): a killed extraction never leaves
 a half-written clip that a reader would take as complete, and a rerun skips finished clips.
@@ -80,6 +82,14 @@ def concat_steps(name: str, arrays: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+#: Modalities whose backbone names may be concatenations (``a+b``), joined on read.
+RAW_MODALITIES: tuple[str, ...] = ("vision", "audio")
+
+
+def _parts(modality: str, backbone: str) -> list[str]:
+    return split_composite(backbone) if modality in RAW_MODALITIES else [backbone]
+
+
 def backbone_key(name: str) -> str:
     """File-system-safe, collision-free folder name for a backbone name."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_")[:60]
@@ -102,7 +112,7 @@ class FeatureStore:
         return self.path(modality, backbone, split, cid).exists()
 
     def write(self, modality: str, backbone: str, split: str, cid: str, array: np.ndarray) -> Path:
-        if len(split_composite(backbone)) > 1:
+        if len(_parts(modality, backbone)) > 1:
             raise ValueError(f"{backbone!r} is a concatenation: write its parts, it is joined on read")
         arr = np.asarray(array, dtype=np.float32)
         if arr.ndim == 1:
@@ -125,7 +135,7 @@ class FeatureStore:
         return final
 
     def read(self, modality: str, backbone: str, split: str, cid: str) -> np.ndarray:
-        parts = split_composite(backbone)
+        parts = _parts(modality, backbone)
         if len(parts) > 1:
             return concat_steps(backbone, [self.read(modality, p, split, cid) for p in parts])
         path = self.path(modality, backbone, split, cid)
@@ -134,7 +144,7 @@ class FeatureStore:
         return np.load(path, allow_pickle=False).astype(np.float32, copy=False)
 
     def done_ids(self, modality: str, backbone: str, split: str) -> set[str]:
-        parts = split_composite(backbone)
+        parts = _parts(modality, backbone)
         if len(parts) > 1:
             return set.intersection(*(self.done_ids(modality, p, split) for p in parts))
         folder = self.folder(modality, backbone, split)

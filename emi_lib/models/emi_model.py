@@ -170,7 +170,20 @@ class _Encoder(nn.Module):
         x = self.norm(x.masked_fill(~mask.unsqueeze(-1), 0.0))
         if self.kind == "tcn":
             return self.net(x, mask), None
-        return self.net(x, mask)
+        lengths = mask.sum(1, keepdim=True)
+        if torch.equal(mask, torch.arange(mask.shape[1], device=mask.device) < lengths):
+            return self.net(x, mask)
+        # masked steps inside a clip (a frame without a face): the recurrence runs over the valid steps only
+        # (moved to the front in their order), and the outputs go back to their time steps (0 where masked)
+        order = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)
+        prefix = torch.arange(mask.shape[1], device=mask.device) < lengths
+        h_c, g_c = self.net(torch.gather(x, 1, order.unsqueeze(-1).expand_as(x)), prefix)
+
+        def back(y):
+            out = torch.zeros_like(y).scatter(1, order.unsqueeze(-1).expand_as(y), y)
+            return out * mask.unsqueeze(-1).to(y.dtype)
+
+        return back(h_c), None if g_c is None else back(g_c)
 
 
 class EMIModel(nn.Module):

@@ -48,6 +48,7 @@ class Stage1Outputs:
     streams: dict  # {"vision": (modality, backbone key), "audio": (...)} of the aligned frames
     raw: dict  # {"vision": (modality, backbone), "audio": (...)}: the raw inputs of the aligners
     checkpoints: dict  # {"vision": Path, "audio": Path}: the aligners (``emi_lib.train.stage1.load_aligner``)
+    finetuned_backbone: str | None = None  # the fine-tuned image tower's backbone name, when notebook 01 made one
 
 
 def find_stage1(spec: str | os.PathLike, profile: str) -> tuple[Stage1Outputs | None, str]:
@@ -84,7 +85,8 @@ def find_stage1(spec: str | os.PathLike, profile: str) -> tuple[Stage1Outputs | 
                if not store.done_ids(mod, key, s)]
     if lacking:
         return None, f"{path} lists aligned features that are not in {info['store_dir']}: {lacking}"
-    return Stage1Outputs(path, store, streams, raw, ckpts), f"stage-1 aligned features from {path}"
+    finetuned = (info.get("finetuned") or {}).get("backbone")
+    return Stage1Outputs(path, store, streams, raw, ckpts, finetuned), f"stage-1 aligned features from {path}"
 
 
 def load_priors(root: str | os.PathLike, raw_store: FeatureStore, split: str) -> pd.DataFrame:
