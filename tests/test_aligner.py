@@ -155,3 +155,24 @@ def test_frozen_text_projector_and_config_roundtrip():
         AlignerConfig.from_dict({**cfg.to_dict(), "typo": 1})
     with pytest.raises(ValueError):
         AlignerConfig(pooling="max")
+
+
+def test_input_statistics_are_fitted_on_valid_steps_and_saved(tmp_path):
+    """Heterogeneous inputs (one dimension in the thousands) are z-scored per dimension inside the model,
+    from the training frames' valid steps; the statistics travel with the checkpoint."""
+    from emi_lib.models.aligner import AlignerConfig, ModalityTextAligner
+    from emi_lib.train.stage1 import load_aligner, save_aligner
+
+    rng = np.random.default_rng(0)
+    a = np.stack([rng.normal(1000, 50, 40), rng.normal(0, 0.01, 40), np.full(40, 3.0)], axis=1).astype(np.float32)
+    a[5] = np.nan  # a masked step
+    cfg = AlignerConfig.tiny(3, 4)
+    m = ModalityTextAligner(cfg)
+    m.fit_input_stats([a])
+    ok = ~np.isnan(a).any(1)
+    np.testing.assert_allclose(m.in_mean.numpy(), a[ok].mean(0), rtol=1e-5)
+    np.testing.assert_allclose(m.in_std.numpy()[:2], a[ok].std(0)[:2], rtol=1e-4)
+    assert m.in_std[2] == 1.0  # a constant dimension is not divided by 0
+    path = save_aligner(m, cfg, tmp_path / "a.pt")
+    back, _ = load_aligner(path)
+    assert torch.equal(back.in_mean, m.in_mean) and torch.equal(back.in_std, m.in_std)

@@ -52,7 +52,7 @@ class Variant:
 INPUTS: dict[str, dict] = {
     "stage1": {}, "raw": {},
     "raw_openclip": {"vision_backbone": "openclip-tiny"},  # the random-init ViT that was the default before
-    "raw_facemesh": {"vision_backbone": "mediapipe-facemesh"},
+    "raw_facemesh_fer": {"vision_backbone": "mediapipe-facemesh+fer"},
     "raw_fer": {"vision_backbone": "fer"},
     "raw_finetuned": {"vision_backbone": "finetuned"},  # notebook 01's fine-tuned image tower
     "raw_logmel": {"audio_backbone": "logmel"},
@@ -81,7 +81,8 @@ VARIANTS: dict[str, Variant] = {
                           tests="backbone: the pretrained face models beat a random-init ViT"),
     "v_finetuned": Variant(reference="no_stage1", label="vision: fine-tuned tower (raw)", inputs="raw_finetuned",
                            tests="backbone: pretrained face models vs the stage-1 fine-tuned image tower"),
-    "v_facemesh": Variant(reference="no_stage1", label="vision: face mesh only (raw)", inputs="raw_facemesh", tests="backbone: fer adds to the mesh"),
+    "v_facemesh_fer": Variant(reference="no_stage1", label="vision: face mesh + fer (raw)", inputs="raw_facemesh_fer",
+                              tests="backbone: fer's expression probabilities add to the mesh"),
     "a_logmel": Variant(reference="no_stage1", label="audio: log mel only (raw)", inputs="raw_logmel", tests="backbone: ComParE adds to log mel"),
     "ridge": Variant("ridge on mean-pooled features", kind="ridge", inputs="raw", tests="a linear baseline"),
 }

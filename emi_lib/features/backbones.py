@@ -100,6 +100,10 @@ BACKBONES: dict[str, dict[str, str]] = {
 }
 MODALITIES: tuple[str, ...] = tuple(BACKBONES)
 
+#: The workbench's default backbones (offline, pretrained; chosen by notebook 01's probe on SynthMimic demo).
+DEFAULT_BACKBONES: dict[str, str] = {"vision": "mediapipe-facemesh", "audio": "opensmile-compare+logmel",
+                                     "text": "minilm"}
+
 
 def _unknown(modality: str, name: str) -> ValueError:
     patterns = "; ".join(f"{p} ({d})" for p, d in BACKBONES[modality].items())

@@ -77,6 +77,9 @@ class AlignerConfig:
     embed_dim: int = 128  # E, size of the shared clip/text space
     hidden: int = 256  # hidden width of the frame and text projector MLPs
     frame_layers: int = 2  # Linear layers in the frame projector g (1 = a single linear map)
+    standardize_inputs: bool = True  # z-score each input dimension with the training frames' mean and std
+    # (stored in the model: heterogeneous features such as openSMILE descriptors in Hz, dB and ratios would
+    # otherwise let a few large-scale dimensions dominate the per-frame LayerNorm)
     input_norm: bool = True  # LayerNorm on each raw frame and on the text embedding before projecting
     pooling: str = "attention"  # temporal pooling of projected frames: "attention" | "mean"
     attn_hidden: int = 64  # rows of V in a_t = softmax(w^T tanh(V h_t))
@@ -209,10 +212,35 @@ class ModalityTextAligner(nn.Module):
                 p.requires_grad_(False)
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)),
                                         requires_grad=cfg.learn_logit_scale)
+        # per-dimension input statistics, fitted on the training frames (fit_input_stats); identity until then
+        self.register_buffer("in_mean", torch.zeros(cfg.in_dim))
+        self.register_buffer("in_std", torch.ones(cfg.in_dim))
+
+    @torch.no_grad()
+    def fit_input_stats(self, arrays) -> None:
+        r"""Set :math:`\mu_d, \sigma_d` from the valid steps of ``arrays`` ((T, D) each; NaN rows are masked steps):
+        the frame projector reads :math:`(x_{t,d} - \mu_d) / \sigma_d` (a constant dimension keeps
+        :math:`\sigma_d = 1`)."""
+        n, s1, s2 = 0, np.zeros(self.cfg.in_dim), np.zeros(self.cfg.in_dim)
+        for a in arrays:
+            a = np.asarray(a, dtype=np.float64)
+            if a.ndim != 2 or not len(a):
+                continue
+            a = a[valid_steps(a)]
+            n, s1, s2 = n + len(a), s1 + a.sum(0), s2 + (a * a).sum(0)
+        if n == 0:
+            raise ValueError("fit_input_stats: no valid frame")
+        mu = s1 / n
+        sd = np.sqrt(np.maximum(s2 / n - mu * mu, 0.0))
+        sd[sd < 1e-8] = 1.0
+        self.in_mean.copy_(torch.as_tensor(mu, dtype=self.in_mean.dtype))
+        self.in_std.copy_(torch.as_tensor(sd, dtype=self.in_std.dtype))
 
     def encode_frames(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, T, D), (B, T) bool -> aligned per-frame sequence (B, T, E), exactly 0 on padding (not normalised)."""
+        """(B, T, D), (B, T) bool -> aligned per-frame sequence (B, T, E), exactly 0 on padding (not normalised).
+        Inputs are z-scored with the fitted training statistics (identity when not fitted)."""
         m = mask.bool().unsqueeze(-1)
+        x = (x - self.in_mean) / self.in_std
         return self.frame_proj(x.masked_fill(~m, 0.0)).masked_fill(~m, 0.0)
 
     def pool_frames(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

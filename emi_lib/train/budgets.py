@@ -17,9 +17,9 @@ STAGE2_BUDGET: dict[str, dict] = {
                   fusion_dim=16, head_hidden=16,  # fused vector size, head MLP hidden size
                   epochs=3,  # maximum epochs (early stopping may end sooner)
                   max_len=48, max_len_audio=64),  # steps kept per clip (evenly spaced)
-    # demo: sized for ~23-d face and ~129-d voice features. Demo root, one seed, one thread on a busy machine:
+    # demo: sized for 16-23-d face and ~129-d voice features. Demo root, one seed, one thread on a busy machine:
     # 39 s per run against 188 s for [64]*4 channels / 48 hidden / 150 audio steps, validation 0.609 vs 0.622
-    "demo": dict(tcn_channels=[32, 32, 32, 32], lstm_hidden=32, fusion_dim=64, head_hidden=64, epochs=20,
+    "demo": dict(tcn_channels=[32, 32, 32, 32], lstm_hidden=32, fusion_dim=64, head_hidden=64, epochs=14,
                  max_len=128, max_len_audio=100),
     "full": dict(tcn_channels=[128, 128, 128, 128], lstm_hidden=128, fusion_dim=128, head_hidden=64, epochs=30,
                  max_len=256, max_len_audio=512),

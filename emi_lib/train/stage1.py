@@ -184,7 +184,10 @@ def train_aligner(cfg: AlignerConfig, train_feats: dict, train_text: dict, val_f
     if text_all.shape[1] != cfg.text_dim:
         raise ValueError(f"cfg.text_dim={cfg.text_dim} but the text embeddings have D={text_all.shape[1]}")
     has_val = bool(val_feats) and bool(val_text) and len(usable_ids(val_feats, val_text)) >= 2
-    model = ModalityTextAligner(cfg).to(dev)
+    model = ModalityTextAligner(cfg)
+    if cfg.standardize_inputs:  # training frames only (every rank holds all of them: the same statistics)
+        model.fit_input_stats(train_feats[i] for i in ids)
+    model = model.to(dev)
     net = model
     if world > 1:
         if len(ids) < 2 * world:
