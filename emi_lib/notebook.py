@@ -96,8 +96,8 @@ def markdown_table(df, digits: int = 3) -> str:
 
     name = df.index.name or ""
     lines = ["| " + " | ".join([name, *map(str, df.columns)]) + " |", "|" + "---|" * (len(df.columns) + 1)]
-    for idx, row in df.iterrows():
-        lines.append("| " + " | ".join([cell(idx), *(cell(v) for v in row.tolist())]) + " |")
+    for idx, *vals in df.itertuples(name=None):  # per-column dtypes kept (iterrows would make ints floats)
+        lines.append("| " + " | ".join([cell(idx), *(cell(v) for v in vals)]) + " |")
     return "\n".join(lines)
 
 

@@ -12,6 +12,18 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 matplotlib.use("Agg")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """The unit tests' models are tiny: one torch thread is much faster than two contended ones (the notebooks
+    run in their own kernels and set their own)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def smoke_root(tmp_path_factory):
     """A SynthMimic root generated once per test session with the smoke profile, seed 0."""

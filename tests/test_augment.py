@@ -20,13 +20,6 @@ DT = 4
 TWO_PRIORS = {"vision": ["face_quality", "face_share"], "audio": ["audio_quality", "audio_snr_db"]}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def make_batch(n: int, seed: int = 0, text: bool = False, n_priors: int = 1, no_vision: bool = False) -> dict:
     """A collate-format batch: prefix masks of random lengths; every 5th clip lacks vision, every 7th

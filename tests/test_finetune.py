@@ -29,14 +29,6 @@ from emi_lib.train.finetune import (
 TEXT_DIM = 8
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run much faster on one thread than on two contended ones (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _cfg(**kw) -> FinetuneConfig:
     return FinetuneConfig.preset("smoke", text_dim=TEXT_DIM, **kw)

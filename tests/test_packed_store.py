@@ -9,21 +9,12 @@ from collections.abc import Mapping
 
 import numpy as np
 import pytest
-import torch
 
 from emi_lib.data.errors import DataError
 from emi_lib.features import packed, packed_cli
 from emi_lib.features.packed import PackedStore, build_from_pkl_dir, build_from_store, write_packed
 from emi_lib.features.store import FeatureStore
 from emi_lib.train.buckets import bucketed_batches, padding_share, random_batches
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def clips(n=20, d=6, seed=0, empty=(3, 7)):

@@ -60,14 +60,6 @@ def tiny_cfg(**kw) -> Stage2Config:
     return Stage2Config(**base)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run much faster on one thread than on two contended ones (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def splits():
