@@ -75,7 +75,8 @@ def _level_inputs(task) -> dict:
 def prepare_sweep_inputs(levels: pd.DataFrame, inputs_by_kind: dict, profile: str, workers: int = 1,
                          progress: bool = True) -> list[dict]:
     """``[{kind: Stage2Data}]`` per level (feature extraction, stage-1 export, priors, z-scoring), in
-    ``workers`` processes: the levels are independent, and each costs ~12 s on one demo core."""
+    ``workers`` processes: the levels are independent. Clips whose media are byte-identical to the
+    training root's reuse its stored features (:mod:`emi_lib.features.reuse`)."""
     import dataclasses
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor

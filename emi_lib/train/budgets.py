@@ -34,7 +34,8 @@ TRAIN_DEFAULTS = dict(lr=2e-3,  # peak AdamW learning rate
                       quality_hidden=32, dropout=0.1,  # quality-MLP size; dropout of TCN, LSTM and head
                       # training-time augmentation (emi_lib.train.augment) and auxiliary heads. Demo root, raw
                       # features, one seed: dropout 0.3 raised validation mean PCC 0.610 -> 0.633, corruption 0.5
-                      # 0.610 -> 0.614; auxiliary heads 0.615 -> 0.619 (off); notebook 03 tests each over seeds
+                      # 0.610 -> 0.614; auxiliary heads 0.615 -> 0.619 (off). Notebook 03 over 3 seeds (demo run):
+                      # neither dropout nor corruption training shown to help (+0.003 each, intervals about +-0.04)
                       modality_dropout=0.3,  # share of training clips losing one of their streams (ABAW10: 0.3)
                       corrupt_prob=0.3,  # share of training clips given a face-span or audio-noise corruption
                       corrupt_face_span=(0.3, 1.0),  # range of the share of a clip's vision steps hidden
