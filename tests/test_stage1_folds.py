@@ -67,9 +67,12 @@ def test_assign_folds_is_balanced_and_deterministic():
 def test_every_train_id_is_exported_once_by_an_aligner_that_did_not_train_on_it(monkeypatch):
     feats, text, _ = labelled_clips(40, seed=1, n_empty=3, n_no_text=2)
     trained, exported = {}, []  # id(model) -> ids it trained on; (id(model), ids exported)
+    alive = []  # keep every model referenced: a freed model's id() can be reused by the next one
+
 
     def spy_train(cfg, train_feats, train_text, *a, **kw):
         model, hist = train_aligner(cfg, train_feats, train_text, *a, **kw)
+        alive.append(model)
         trained[id(model)] = set(usable_ids(train_feats, train_text))
         return model, hist
 
