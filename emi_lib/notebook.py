@@ -16,41 +16,19 @@ import os
 import shutil
 from pathlib import Path
 
-PROFILES = ("smoke", "demo", "full")
-
-
-def default_profile() -> str:
-    """``$EMI_PROFILE`` or ``"demo"``."""
-    profile = os.environ.get("EMI_PROFILE", "demo")
-    if profile not in PROFILES:
-        raise ValueError(f"EMI_PROFILE={profile!r} is not one of {PROFILES}")
-    return profile
-
-
-def repo_root() -> Path:
-    """The checkout that holds this package (``emi_lib/..``) when installed in editable mode,
-    else the current working directory."""
-    here = Path(__file__).resolve().parent.parent
-    return here if (here / "pyproject.toml").exists() else Path.cwd()
-
-
-def runs_root(profile: str) -> Path:
-    """Where runs of a profile live: ``$EMI_RUNS_DIR`` or ``<repo>/runs/<profile>``."""
-    env = os.environ.get("EMI_RUNS_DIR")
-    return Path(env) if env else repo_root() / "runs" / profile
-
-
-def run_dir(profile: str, name: str, override: str | os.PathLike | None = None) -> Path:
-    """The run folder of one notebook (created). ``override`` (the ``RUN_DIR`` parameter) wins."""
-    path = Path(override) if override else runs_root(profile) / name
-    path.mkdir(parents=True, exist_ok=True)
-    return path.resolve()
-
-
-def synth_root(profile: str, seed: int) -> Path:
-    """The shared SynthMimic root of a profile and seed, reused by every notebook of a run."""
-    gen_profile = "demo" if profile == "full" else profile
-    return runs_root(profile) / f"synthmimic_{gen_profile}_seed{seed}"
+from emi_lib.paths import (  # noqa: F401  (the path policy, re-exported for the notebooks)
+    PROFILES,
+    default_profile,
+    feature_store_dir,
+    figures_dir,
+    is_canonical_run,
+    model_run_dir,
+    repo_root,
+    run_dir,
+    runs_root,
+    stage_run_dir,
+    synth_root,
+)
 
 
 def resolve_data_root(data_root: str | os.PathLike | None, profile: str, seed: int) -> Path:
@@ -66,12 +44,6 @@ def resolve_data_root(data_root: str | os.PathLike | None, profile: str, seed: i
 
     gen_profile = "demo" if profile == "full" else profile
     return Path(ensure_synthmimic(synth_root(profile, seed), profile=gen_profile, seed=seed)).resolve()
-
-
-def figures_dir() -> Path:
-    """``$EMI_FIGURES_DIR`` or ``<repo>/figures``: where a demo run publishes its key figures."""
-    env = os.environ.get("EMI_FIGURES_DIR")
-    return Path(env) if env else repo_root() / "figures"
 
 
 def save_figure(fig, name: str, out_dir: Path, *, publish: bool = False, dpi: int = 110) -> Path:
@@ -156,17 +128,3 @@ def read_records(out_dir: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def feature_store_dir(profile: str, data_root: str | os.PathLike) -> Path:
-    """The feature store shared by every notebook of a profile for one data root:
-    ``<runs root>/features/<root name>-<hash of its path>`` (extraction is resumable, so the
-    second notebook that asks for the same backbone reuses the first one's files)."""
-    import hashlib
-
-    root = Path(data_root).resolve()
-    key = f"{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:8]}"
-    return runs_root(profile) / "features" / key
-
-
-def stage_run_dir(profile: str, notebook_stem: str) -> Path:
-    """Default run folder of another notebook (e.g. notebook 02 reads notebook 01's)."""
-    return runs_root(profile) / notebook_stem

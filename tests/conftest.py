@@ -61,7 +61,7 @@ def run_notebook(notebook_env, tmp_path):
         cwd = tmp_path / "elsewhere"
         cwd.mkdir(exist_ok=True)
         pm.execute_notebook(str(nb_dir / name), str(tmp_path / name),
-                            parameters={"PROFILE": "smoke", "SEED": 0, "RUN_DIR": str(out_dir), **params},
+                            parameters={"PROFILE": "smoke", "DATA_SEED": 0, "RUN_DIR": str(out_dir), **params},
                             kernel_name="python3", cwd=str(cwd), progress_bar=False)
         return read_records(out_dir), out_dir
 

@@ -110,6 +110,13 @@ def test_run_ablation_scores_every_run_and_reuses_finished_ones(tmp_path):
     # a different budget is a different run: retrained, not reused
     changed = run_ablation(["full"], [0], overrides={"epochs": 1}, **kw)
     assert not changed["cached"].any() and changed.loc[0, "epochs"] == 1
+    # the same ids and config from another data root (another SynthMimic seed has the same ids): recomputed
+    root_a = {"stage1": {"data": {"data_root": "/a", "fingerprint": "aaaa"}}}
+    root_b = {"stage1": {"data": {"data_root": "/b", "fingerprint": "bbbb"}}}
+    first = run_ablation(["full"], [0], provenance=root_a, **kw)
+    assert not first["cached"].any()
+    assert run_ablation(["full"], [0], provenance=root_a, **kw)["cached"].all()
+    assert not run_ablation(["full"], [0], provenance=root_b, **kw)["cached"].any()
     with pytest.raises(ValueError, match="needs 'raw' inputs"):
         run_ablation(["no_stage1"], [0], **{**kw, "sets_by_inputs": {"stage1": sets}})
 

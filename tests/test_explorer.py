@@ -5,6 +5,7 @@ steps per second), so no feature extraction runs here; the model is a tiny untra
 
 from __future__ import annotations
 
+import shutil
 from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
@@ -193,23 +194,39 @@ def test_explorer_widget_interaction(smoke_root, inputs):
     assert ex.view(target) is ex.view(target)  # decoded once
 
 
-def test_resolve_model_reuses_a_matching_run_else_trains(tmp_path, inputs):
-    model, source, why = X.resolve_model("smoke", inputs, tmp_path, model_run=tmp_path / "none", seed=0)
+def _with_provenance(inputs, fingerprint="f1", streams=("vision", "fake")):
+    prov = {"data": {"data_root": f"/roots/{fingerprint}", "kind": "files", "fingerprint": fingerprint},
+            "kind": "raw", "streams": {"vision": list(streams), "audio": ["audio", "fake"]},
+            "raw_streams": {"vision": list(streams), "audio": ["audio", "fake"]}, "with_raw": False, "text": None,
+            "standardized": True}
+    return SimpleNamespace(sets=inputs.sets, dims=inputs.dims, provenance=lambda: prov)
+
+
+def test_resolve_model_reuses_a_run_of_the_same_inputs_else_trains(tmp_path, inputs, monkeypatch):
+    from emi_lib.data.fingerprint import ProvenanceError
+    from emi_lib.paths import model_run_dir, stage_run_dir
+
+    monkeypatch.setenv("EMI_RUNS_DIR", str(tmp_path / "runs"))
+    mine = _with_provenance(inputs)
+    model, source, why = X.resolve_model("smoke", mine, tmp_path / "a", seed=0)
     assert source == "trained here" and "no notebook-02 model" in why
-    run = tmp_path / "model_trained_here"
-    assert (run / "best.pt").exists()
-    model2, source2, _ = X.resolve_model("smoke", inputs, tmp_path / "b", model_run=run)
+    run = tmp_path / "a" / "model_trained_here"
+    assert (run / "best.pt").exists() and (run / "inputs.json").exists()  # it records what it was trained on
+    model2, source2, _ = X.resolve_model("smoke", mine, tmp_path / "b", model_run=run)
     assert source2 == "notebook 02"
     a, b = predict(model, inputs.sets["test"])[0], predict(model2, inputs.sets["test"])[0]
     pd.testing.assert_frame_equal(a, b)
-    # notebook 02 recorded other input streams next to the run (same dims, other features): not reused
-    import json
-
-    (run.parent.parent / "metrics.json").write_text(json.dumps({"inputs": {"streams": {"vision": ["x", "y"]}}}))
-    tagged = SimpleNamespace(sets=inputs.sets, dims=inputs.dims, streams={"vision": ("vision", "openclip-tiny")})
-    _, source3, why3 = X.resolve_model("smoke", tagged, tmp_path / "d", model_run=run)
-    assert source3 == "trained here" and "was trained on" in why3
-    (run.parent.parent / "metrics.json").unlink()
-    other = SimpleNamespace(sets=inputs.sets, dims=lambda: {"vision": 5, "audio": 6, "text": None})
-    with pytest.raises(ValueError):  # the fallback trains on the given inputs, whose dims do not match here
-        X.resolve_model("smoke", other, tmp_path / "c", model_run=run)
+    # a model of another data root (same ids, same dims): an explicit MODEL_RUN is refused, naming both roots
+    other_root = _with_provenance(inputs, fingerprint="f2")
+    with pytest.raises(ProvenanceError, match="/roots/f1.*/roots/f2"):
+        X.resolve_model("smoke", other_root, tmp_path / "c", model_run=run)
+    # ... and the default (notebook 02's folder) falls back to training here, saying why
+    nb02 = model_run_dir(stage_run_dir("smoke", "02_stage2_fusion_training"), "full")
+    shutil.copytree(run, nb02)
+    _, source3, why3 = X.resolve_model("smoke", other_root, tmp_path / "d")
+    assert source3 == "trained here" and "/roots/f1" in why3 and "/roots/f2" in why3
+    # other streams (same dims, other features): refused
+    with pytest.raises(ProvenanceError, match="was trained on"):
+        X.resolve_model("smoke", _with_provenance(inputs, streams=("vision", "other")), tmp_path / "e", model_run=run)
+    with pytest.raises(FileNotFoundError, match="no best.pt"):
+        X.resolve_model("smoke", mine, tmp_path / "f", model_run=tmp_path / "none")

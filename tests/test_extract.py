@@ -14,6 +14,7 @@ import pytest
 from tiny_root import write_tiny_root
 
 from emi_lib.data import DataError, DataRoot, load_audio
+from emi_lib.data.fingerprint import ProvenanceError
 from emi_lib.features import load_backbone
 from emi_lib.features.extract import (
     META_NAME,
@@ -213,6 +214,9 @@ def test_official_backbone_and_unsafe_pickle(tmp_path, smoke_root):
     full = load_features(DataRoot(root).feature_path("valid", ids["valid"][0], "vit"))
     np.testing.assert_array_equal(store.read("vision", "official[max=2]", "valid", ids["valid"][0]), full[[0, 3]])
     with pytest.raises(DataError, match="no vit/ folder"):  # SynthMimic ships no official features
+        extract_split(smoke_root, "train", FeatureStore(tmp_path / "synth_features"), "vision", "official",
+                      progress=False)
+    with pytest.raises(ProvenanceError, match="another data root"):  # this store holds the tiny root's features
         extract_split(smoke_root, "train", store, "vision", "official", progress=False)
 
 

@@ -24,7 +24,7 @@ def test_03_ablation_fusion_weights(run_notebook, tmp_path):
     pm.execute_notebook(str(nb_dir / "01_stage1_contrastive_pretraining.ipynb"), str(tmp_path / "01.ipynb"),
                         parameters={"PROFILE": "smoke", "RUN_DIR": str(s1), "FINETUNE_FOLDS": 2}, kernel_name="python3",
                         cwd=str(tmp_path), progress_bar=False)
-    rec, out_dir = run_notebook("03_ablation_fusion_weights.ipynb", STAGE1_RUN=str(s1), SEEDS=[0, 1], WORKERS=2)
+    rec, out_dir = run_notebook("03_ablation_fusion_weights.ipynb", STAGE1_RUN=str(s1), MODEL_SEEDS=[0, 1], WORKERS=2)
 
     assert rec["full_model_inputs"] == "stage1"
     table = rec["ablation_table"]

@@ -73,6 +73,6 @@ def test_notebook_is_clean_and_parameterised(path):
     params = [c for c in nb["cells"] if "parameters" in c.get("metadata", {}).get("tags", [])]
     assert len(params) == 1, f"{path.name}: {len(params)} cells tagged 'parameters' (want exactly 1)"
     src = "".join(params[0]["source"])
-    for name in ("PROFILE", "SEED", "RUN_DIR", "DATA_ROOT"):
+    for name in ("PROFILE", "DATA_SEED", "RUN_DIR", "DATA_ROOT"):
         assert re.search(rf"^{name}\s*=", src, re.M), f"{path.name}: parameter {name} missing"
     assert "default_profile()" in src, f"{path.name}: PROFILE must default to the EMI_PROFILE environment variable"

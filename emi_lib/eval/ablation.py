@@ -132,6 +132,7 @@ def _train_task(task: dict) -> dict:
     pred.to_csv(folder / "eval_predictions.csv")
     weights.to_csv(folder / "eval_weights.csv")
     res = {"variant": task["variant"], "seed": task["seed"], "config": task["config"], "eval_ids": task["eval_ids"],
+           "provenance": task["provenance"],
            "eval_split": _WORKER["eval_split"], "eval": _score_dict(pred, _WORKER["eval_labels"]),
            "val_best": float(hist.attrs["best_score"]), "best_epoch": int(hist.attrs["best_epoch"]),
            "epochs": len(hist), "train_s": round(train_s, 2)}
@@ -144,7 +145,8 @@ def _cached(task: dict) -> dict | None:
     if not path.exists() or not (Path(task["run_dir"]) / "best.pt").exists():
         return None
     res = json.loads(path.read_text())
-    same = res.get("config") == task["config"] and res.get("eval_ids") == task["eval_ids"]
+    same = (res.get("config") == task["config"] and res.get("eval_ids") == task["eval_ids"]
+            and res.get("provenance") == task["provenance"])
     return res if same else None
 
 
@@ -172,13 +174,18 @@ def ridge_scores(raw_sets: dict, eval_split: str, eval_labels: pd.DataFrame) -> 
 
 def run_ablation(variants, seeds, sets_by_inputs: dict, eval_split: str, eval_labels: pd.DataFrame, out_dir,
                  profile: str, dims_by_inputs: dict, workers: int = 1, overrides: dict | None = None,
-                 progress: bool = True) -> pd.DataFrame:
+                 progress: bool = True, provenance: dict | None = None) -> pd.DataFrame:
     """Train and score every (variant, seed); return the long table: one row per variant and seed with
     ``key, variant, seed, mean, <six emotions>, val_best, best_epoch, epochs, train_s, cached``.
 
     ``sets_by_inputs``: {"stage1": {split: Stage2Data}, "raw": {...}} (a variant whose inputs are missing
     raises). ``eval_labels``: labels of ``eval_split`` (SynthMimic's hidden test labels, or validation
-    labels on real data). Every clip of the split is scored; a non-finite score raises."""
+    labels on real data). Every clip of the split is scored; a non-finite score raises.
+
+    ``provenance``: {inputs kind: what those inputs were made from} (``Stage2Inputs.provenance()``: data root
+    and fingerprint, stores, streams, stage-1 run). A cached run is reused only when its config, its
+    evaluation ids *and* its provenance are the same: a rerun on another root (another SynthMimic seed has
+    the same clip ids) or on a root regenerated since recomputes."""
     out = Path(out_dir)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     eval_labels = eval_labels.copy()
@@ -197,7 +204,8 @@ def run_ablation(variants, seeds, sets_by_inputs: dict, eval_split: str, eval_la
         for seed in seeds:
             cfg = variant_config(key, profile, dims_by_inputs[v.inputs], seed, len(sets["train"]), **overrides)
             tasks.append({"variant": key, "seed": int(seed), "inputs": v.inputs, "config": cfg.to_dict(),
-                          "eval_ids": _ids_hash(sets[eval_split].ids), "run_dir": str(out / "models" / key / f"seed{seed}")})
+                          "eval_ids": _ids_hash(sets[eval_split].ids), "run_dir": str(out / "models" / key / f"seed{seed}"),
+                          "provenance": json.loads(json.dumps((provenance or {}).get(v.inputs), default=str))})
     cached_results = [(t, _cached(t)) for t in tasks]
     results = [r for _, r in cached_results if r is not None]
     todo = [t for t, r in cached_results if r is None]
@@ -301,3 +309,37 @@ def claim_verdicts(paired: pd.DataFrame) -> pd.DataFrame:
                            f"{_diff_text(paired.loc[k])}" for k in got)
         rows[claim] = {"verdict": verdict, "evidence": detail}
     return pd.DataFrame(rows).T.rename_axis("claim")
+
+
+def ablation_inputs(root, profile: str, variants: list[str], *, stage1: str = "auto") -> tuple[dict, list[str], list[str]]:
+    """The inputs of every arm of ``variants`` -> ``(inputs by kind, the variants that can run, notes)``.
+
+    ``inputs["stage1"]`` is the full model's (notebook 01's aligned features, or raw ones when there are none);
+    every raw arm reads **the backbones stage 1 aligned** (``raw_streams``), with one backbone changed for a
+    backbone arm (:data:`INPUTS`), so "stage 1 helps" compares aligned with raw features of the same backbone
+    and never silently becomes a backbone comparison. Arms that cannot run are dropped and a note says why:
+    "no stage 1" without stage-1 outputs (it would be the full model), the fine-tuned-tower arm without an
+    out-of-fold fine-tuned export."""
+    from emi_lib.train.inputs import prepare_stage2_inputs
+
+    variants, notes = list(variants), []
+    s1 = prepare_stage2_inputs(root, profile, stage1=stage1, use_text="text" in variants, verbose=False)
+    inputs = {"stage1": s1}
+    base = {"vision_backbone": s1.raw_streams["vision"][1], "audio_backbone": s1.raw_streams["audio"][1]}
+    finetuned = s1.stage1.finetuned_backbone if s1.stage1 is not None else None
+    if s1.kind != "stage1" and "no_stage1" in variants:
+        variants.remove("no_stage1")
+        notes.append(f"No stage-1 outputs ({s1.note}): the full model reads raw features, so the 'no stage 1' arm "
+                     "would be identical and is dropped. Run notebook 01 first to test stage 1.")
+    if finetuned is None and "v_finetuned" in variants:
+        variants.remove("v_finetuned")
+        notes.append("Notebook 01 fine-tuned no image tower (out of fold): the fine-tuned-tower arm is dropped.")
+    for kind in dict.fromkeys(VARIANTS[v].inputs for v in variants):
+        if kind in inputs:
+            continue
+        spec = base | INPUTS[kind]
+        if spec["vision_backbone"] == "finetuned":
+            spec["vision_backbone"] = finetuned
+        inputs[kind] = (s1 if kind == "raw" and s1.kind != "stage1" else
+                        prepare_stage2_inputs(root, profile, stage1="none", use_text=False, verbose=False, **spec))
+    return inputs, variants, notes

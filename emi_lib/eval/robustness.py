@@ -81,11 +81,9 @@ def prepare_sweep_inputs(levels: pd.DataFrame, inputs_by_kind: dict, profile: st
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
 
-    from emi_lib.notebook import feature_store_dir
-
     slim = {k: dataclasses.replace(v, sets={}, labels={}) for k, v in inputs_by_kind.items()}  # what a level needs
-    tasks = [(lv.root, slim, profile, {k: str(feature_store_dir(profile, lv.root)) for k in slim})
-             for lv in levels.itertuples()]
+    # store None: each level's derived store (emi_lib.features.store.derived_store), emptied if the level was regenerated
+    tasks = [(lv.root, slim, profile, {k: None for k in slim}) for lv in levels.itertuples()]
     bar = tqdm(total=len(tasks), desc="sweep inputs", disable=not progress)
     if workers <= 1 or len(tasks) <= 1:
         out = []

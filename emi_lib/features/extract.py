@@ -283,6 +283,7 @@ def extract_split(
         raise ValueError(f"encoder is {encoder.name!r} but backbone is {backbone!r}: the store key must name it")
     dr = root if isinstance(root, DataRoot) else DataRoot(root)
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    store.bind(dr.root)  # features of another root (or of this one before it was regenerated) raise
     name = store_backbone(modality, backbone, vision_source=vision_source, text_source=text_source,
                           max_frames=max_frames, frame_stride=frame_stride, face_size=face_size)
     parts = split_composite(backbone)
@@ -510,6 +511,7 @@ def extract_all(root, store, vision_backbone: str | None = None, audio_backbone:
     prints each report's summary as soon as its split is done."""
     dr = root if isinstance(root, DataRoot) else DataRoot(root)
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    store.bind(dr.root)
     splits = dr.available_splits() if splits is None else list(splits)
     if text_backbone and kwargs.get("text_source") == "label_prompt" and "test" in splits:
         raise ValueError("text_source='label_prompt' is refused for the test split; drop 'test' from splits")

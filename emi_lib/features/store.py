@@ -20,6 +20,13 @@ own key whatever it contains.
 
 Writes are atomic (``<id>.npy.tmp`` then :func:`os.replace`): a killed extraction never leaves
 a half-written clip that a reader would take as complete, and a rerun skips finished clips.
+
+**Provenance.** ``<root>/store.json`` records the data root the features were made from and its
+fingerprint (:mod:`emi_lib.data.fingerprint`). :meth:`FeatureStore.bind` checks it before any extraction
+or read for a root: a store of another root (or of this root before it was regenerated) raises, naming both;
+a *derived* store (:func:`derived_store`, the notebooks' per-root cache) is emptied instead, so a
+regenerated root invalidates what was derived from it. Everything under the store (per-clip features, the
+priors tables ``priors/<split>.csv``, stage-1 exports) shares that record.
 """
 
 from __future__ import annotations
@@ -28,11 +35,18 @@ import hashlib
 import json
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from emi_lib.data.errors import DataError
+from emi_lib.data.fingerprint import ProvenanceError, check_same_root, describe, root_fingerprint, same_root
+from emi_lib.paths import feature_store_dir
+
+#: the provenance record of a store
+PROVENANCE_NAME = "store.json"
+STORE_SCHEMA = "emi.feature_store/v1"
 
 
 def valid_steps(a) -> np.ndarray:
@@ -102,6 +116,56 @@ class FeatureStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
 
+    # ------------------------------------------------------------------------------- provenance
+    def provenance(self) -> dict | None:
+        """The store's record (``store.json``): ``{"schema", "data": <root fingerprint>}``, or None."""
+        path = self.root / PROVENANCE_NAME
+        if not path.exists():
+            return None
+        try:
+            rec = json.loads(path.read_text())
+        except ValueError as err:
+            raise ProvenanceError(f"{path}: unreadable provenance record ({err})") from err
+        if rec.get("schema") != STORE_SCHEMA:
+            raise ProvenanceError(f"{path}: unknown schema {rec.get('schema')!r} (expected {STORE_SCHEMA})")
+        return rec
+
+    def _record(self, fp: dict) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f"{PROVENANCE_NAME}.tmp{os.getpid()}"
+        tmp.write_text(json.dumps({"schema": STORE_SCHEMA, "data": fp}, indent=1))
+        os.replace(tmp, self.root / PROVENANCE_NAME)
+
+    def _has_content(self) -> bool:
+        return self.root.exists() and any(p.name != PROVENANCE_NAME for p in self.root.iterdir())
+
+    def bind(self, data_root: str | os.PathLike, *, on_mismatch: str = "raise") -> FeatureStore:
+        """Check that this store holds features of ``data_root`` (module docstring, *Provenance*); returns self.
+
+        A new store records the root. A store of another root, or of this root's previous content, raises
+        :class:`ProvenanceError` naming both roots (``on_mismatch="raise"``) or is emptied and re-recorded
+        (``"reset"``: derived caches only). A store written before stores kept a record holds features of
+        an unknown root: ``"reset"`` empties it, ``"raise"`` refuses it."""
+        if on_mismatch not in ("raise", "reset"):
+            raise ValueError(f"on_mismatch must be 'raise' or 'reset', got {on_mismatch!r}")
+        fp = root_fingerprint(data_root)
+        rec = self.provenance()
+        if rec is not None and same_root(rec.get("data"), fp):
+            return self
+        if rec is None and not self._has_content():
+            self._record(fp)
+            return self
+        recorded = rec.get("data") if rec else None
+        if on_mismatch == "raise":
+            what = f"the feature store {self.root}" + ("" if rec else " (no provenance record)")
+            check_same_root(recorded, fp, what)
+        print(f"feature store {self.root}: made from {describe(recorded)}, now asked for {describe(fp)}: "
+              "emptied (a derived cache is recomputed for the new content)")
+        for p in self.root.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        self._record(fp)
+        return self
+
     def folder(self, modality: str, backbone: str, split: str) -> Path:
         return self.root / modality / backbone_key(backbone) / split
 
@@ -155,3 +219,9 @@ class FeatureStore:
         file raises :class:`DataError` (use :meth:`done_ids` to see what exists)."""
         ids = sorted(self.done_ids(modality, backbone, split)) if ids is None else list(ids)
         return {cid: self.read(modality, backbone, split, cid) for cid in ids}
+
+
+def derived_store(profile: str, data_root: str | os.PathLike) -> FeatureStore:
+    """The notebooks' shared feature store of one data root (:func:`emi_lib.paths.feature_store_dir`), bound to
+    the root with ``on_mismatch="reset"``: a root regenerated in place empties it."""
+    return FeatureStore(feature_store_dir(profile, data_root)).bind(data_root, on_mismatch="reset")

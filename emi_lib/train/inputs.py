@@ -28,6 +28,7 @@ per-frame LayerNorm does not remove; without z-scoring the demo vision-only mode
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -38,10 +39,12 @@ import numpy as np
 import pandas as pd
 
 from emi_lib.data import DataRoot
+from emi_lib.data.fingerprint import ProvenanceError, check_same_root, root_fingerprint
 from emi_lib.features.backbones import DEFAULT_BACKBONES
 from emi_lib.features.extract import extract_all
 from emi_lib.features.quality import compute_priors
-from emi_lib.features.store import FeatureStore, valid_steps
+from emi_lib.features.store import FeatureStore, derived_store, valid_steps
+from emi_lib.paths import stage_run_dir
 from emi_lib.train.data import Stage2Data
 
 SPLITS = ("train", "valid", "test")
@@ -61,24 +64,37 @@ class Stage1Outputs:
     finetuned_backbone: str | None = None  # the fine-tuned image tower's backbone name, when notebook 01 made one
 
 
-def find_stage1(spec: str | os.PathLike, profile: str) -> tuple[Stage1Outputs | None, str]:
+def find_stage1(spec: str | os.PathLike, profile: str, data_root: str | os.PathLike | None = None
+                ) -> tuple[Stage1Outputs | None, str]:
     """Notebook 01's outputs for ``spec`` ("auto" | "none" | a run folder) -> ``(outputs or None, why)``.
 
-    "auto" quietly returns None when notebook 01 has not run (or its exports are incomplete); an
-    explicit folder that lacks them raises ``FileNotFoundError``."""
-    from emi_lib.notebook import stage_run_dir
-
+    ``data_root``: the root the caller trains on. The run's ``stage1_outputs.json`` records the root it
+    was made from and its fingerprint (:mod:`emi_lib.data.fingerprint`); another root (another SynthMimic
+    seed has the same clip ids), or this root regenerated since, is refused: an explicit folder raises
+    :class:`~emi_lib.data.fingerprint.ProvenanceError` naming both roots, "auto" falls back to raw features
+    and says why in the returned note (notebooks print it and record it in ``metrics.json``). "auto" also
+    returns None when notebook 01 has not run (or its exports are incomplete); an explicit folder that
+    lacks them raises ``FileNotFoundError``."""
     if str(spec) == "none":
         return None, "STAGE1_RUN='none'"
-    folder = stage_run_dir(profile, "01_stage1_contrastive_pretraining") if str(spec) == "auto" else Path(spec)
+    auto = str(spec) == "auto"
+    folder = stage_run_dir(profile, "01_stage1_contrastive_pretraining") if auto else Path(spec)
     path = Path(folder) / "stage1_outputs.json"
     if not path.exists():
-        if str(spec) != "auto":
+        if not auto:
             raise FileNotFoundError(f"{path} does not exist: STAGE1_RUN must be a notebook-01 run folder")
         return None, f"no notebook-01 outputs at {path}"
     info = json.loads(path.read_text())
     if info.get("schema") != "emi.stage1_outputs/v1":
         raise ValueError(f"{path}: unknown schema {info.get('schema')!r} (expected emi.stage1_outputs/v1)")
+    if data_root is not None:
+        recorded = info.get("data") or ({"data_root": info["data_root"]} if info.get("data_root") else None)
+        try:
+            check_same_root(recorded, root_fingerprint(data_root), f"the stage-1 run {path.parent}")
+        except ProvenanceError as err:
+            if not auto:
+                raise
+            return None, f"STAGE1_RUN='auto' fell back to raw features: {err}"
     streams, raw, ckpts = {}, {}, {}
     for m in ("vision", "audio"):
         entry = info.get("modalities", {}).get(m, {})
@@ -91,6 +107,8 @@ def find_stage1(spec: str | os.PathLike, profile: str) -> tuple[Stage1Outputs | 
     if not info.get("store_dir"):
         return None, f"{path} names no feature store"
     store = FeatureStore(info["store_dir"])
+    if data_root is not None:
+        store.bind(data_root)  # the store itself must hold this root's features (never reset here)
     lacking = [f"{m}/{s}" for m, (mod, key) in streams.items() for s in info.get("splits", SPLITS)
                if not store.done_ids(mod, key, s)]
     if lacking:
@@ -203,6 +221,17 @@ class Stage2Inputs:
     def dims(self) -> dict:
         return self.sets["train"].dims()
 
+    def provenance(self) -> dict:
+        """What these inputs were made from, for a run's ``metrics.json`` and for the caches that consume it:
+        the data root and its fingerprint, the feature stores, the streams and the stage-1 run (or why none)."""
+        return {"data": root_fingerprint(self.root), "kind": self.kind, "note": self.note,
+                "stage1_outputs": str(self.stage1.path) if self.stage1 else None,
+                "store": str(self.store.root), "raw_store": str(self.raw_store.root),
+                "streams": {m: list(v) for m, v in self.streams.items()},
+                "raw_streams": {m: list(v) for m, v in self.raw_streams.items()},
+                "with_raw": bool(self.with_raw), "text": list(self.text_pair) if self.text_pair else None,
+                "standardized": self.standardizer is not None}
+
 
 def with_detected_faces(priors: pd.DataFrame, vision: Mapping) -> pd.DataFrame:
     r"""Add ``face_detected_share`` (the share of a clip's vision steps that are not masked, e.g. frames in
@@ -257,12 +286,10 @@ def prepare_stage2_inputs(root: str | os.PathLike, profile: str, *, stage1: str 
                           store_dir: str | os.PathLike | None = None, verbose: bool = True) -> Stage2Inputs:
     """Stage-2 inputs of every available split of ``root`` (module docstring). Raw features are extracted
     into the profile's shared feature store when missing (resumable); ``store_dir`` overrides it."""
-    from emi_lib.notebook import feature_store_dir
-
     root = Path(root)
     data = DataRoot(root)
-    s1, note = find_stage1(stage1, profile)
-    raw_store = FeatureStore(store_dir or feature_store_dir(profile, root))
+    s1, note = find_stage1(stage1, profile, root)
+    raw_store = FeatureStore(store_dir).bind(root) if store_dir else derived_store(profile, root)
     splits = [s for s in SPLITS if s in data.available_splits()]
     text_pair = ("text", text_backbone) if use_text else None
     if s1 is None:
@@ -295,12 +322,11 @@ def inputs_for_root(new_root: str | os.PathLike, like: Stage2Inputs, profile: st
     the new root's store under the same keys), priors from the new media, ``like``'s z-scoring."""
     import torch
 
-    from emi_lib.notebook import feature_store_dir
     from emi_lib.train.stage1 import export_aligned, load_aligner, write_aligned
 
     new_root = Path(new_root)
     data = DataRoot(new_root)
-    raw_store = FeatureStore(store_dir or feature_store_dir(profile, new_root))
+    raw_store = FeatureStore(store_dir).bind(new_root) if store_dir else derived_store(profile, new_root)
     vb, ab = like.raw_streams["vision"][1], like.raw_streams["audio"][1]
     # clips whose media are byte-identical in the original root (e.g. the faces of a test set regenerated with
     # only audio noise) get its stored features instead of a second extraction (emi_lib.features.reuse)
@@ -309,11 +335,16 @@ def inputs_for_root(new_root: str | os.PathLike, like: Stage2Inputs, profile: st
     streams = like.streams
     if like.kind == "stage1":
         for m, (mod, key) in like.streams.items():
-            if raw_store.done_ids(mod, key, split) >= set(data.ids(split)):
-                continue  # already exported for this root
             ckpt = like.stage1.checkpoints.get(m)
             if ckpt is None:
                 raise FileNotFoundError(f"{like.stage1.path} names no {m} aligner checkpoint")
+            # the export records the aligner it came from: another run's (or a retrained) aligner re-exports
+            source = {"stage1_outputs": str(like.stage1.path), "split": split,
+                      "checkpoint_sha1": hashlib.sha1(Path(ckpt).read_bytes()).hexdigest()}
+            record = raw_store.folder(mod, key, split) / "_source.json"
+            if (record.exists() and json.loads(record.read_text()) == source
+                    and raw_store.done_ids(mod, key, split) >= set(data.ids(split))):
+                continue  # already exported for this root by this aligner
             aligner, acfg = load_aligner(ckpt)
             got = raw_store.load_split(*like.raw_streams[m], split)
             # every clip, as notebook 01 exports it: a clip without frames -> (0, D) -> empty aligned sequence
@@ -321,8 +352,40 @@ def inputs_for_root(new_root: str | os.PathLike, like: Stage2Inputs, profile: st
             with torch.no_grad():
                 write_aligned(raw_store, export_aligned(aligner, feats), mod, key, split,
                               clip_modality=f"{m}_aligned_clip")
+            record.write_text(json.dumps(source, indent=1))
     d = _build_split(new_root, raw_store, streams, raw_store, like.text_pair, split, None, data.ids(split),
                      like.with_raw)
     if like.standardizer is not None:
         like.standardizer.apply(d)
     return d
+
+
+#: what a stage-2 run folder records about its inputs (written by :func:`record_run_inputs`)
+RUN_INPUTS_NAME = "inputs.json"
+
+
+def record_run_inputs(folder: str | os.PathLike, inputs: Stage2Inputs) -> Path:
+    """Write ``<folder>/inputs.json``: the provenance of the inputs a stage-2 model was trained on
+    (:meth:`Stage2Inputs.provenance`). Every reader of the model (notebook 04, the CLI) checks it."""
+    path = Path(folder) / RUN_INPUTS_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"schema": "emi.run_inputs/v1", **inputs.provenance()}, indent=1, default=str))
+    return path
+
+
+def check_run_inputs(folder: str | os.PathLike, inputs: Stage2Inputs) -> str | None:
+    """Why the model in ``folder`` does not fit ``inputs`` (another data root or a regenerated one, other
+    streams, other z-scoring), or None when it does. A folder without ``inputs.json`` cannot be checked:
+    that is a reason too."""
+    path = Path(folder) / RUN_INPUTS_NAME
+    if not path.exists():
+        return f"{path} does not exist: the model's inputs are unknown"
+    rec, mine = json.loads(path.read_text()), inputs.provenance()
+    try:
+        check_same_root(rec.get("data"), mine["data"], f"the model in {folder}")
+    except ProvenanceError as err:
+        return str(err)
+    for key in ("kind", "streams", "raw_streams", "with_raw", "text", "standardized"):
+        if rec.get(key) != mine[key]:
+            return f"the model in {folder} was trained on {key}={rec.get(key)}, these inputs have {mine[key]}"
+    return None
