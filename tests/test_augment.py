@@ -12,7 +12,7 @@ from test_stage2_train import DA, DV, planted, tiny_cfg
 from emi_lib.models import EMIModel, EMIModelConfig
 from emi_lib.train import Stage2Config, TrainingInterrupted, predict, train_stage2
 from emi_lib.train.augment import augment_batch, augment_generator, noise_mix
-from emi_lib.train.budgets import stage2_config
+from emi_lib.train.config import stage2_config
 from emi_lib.train.losses import aux_head_loss, emi_loss, stage2_loss
 from emi_lib.train.stage2 import _check_resumable, _dataset
 

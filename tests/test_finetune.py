@@ -13,8 +13,8 @@ from tiny_root import write_tiny_root
 from emi_lib.data import DataRoot
 from emi_lib.features import load_backbone
 from emi_lib.features.store import FeatureStore
+from emi_lib.train.config import FINETUNE, finetune_config
 from emi_lib.train.finetune import (
-    PRESETS,
     FinetuneConfig,
     FinetunedVisionEncoder,
     finetune,
@@ -31,7 +31,7 @@ TEXT_DIM = 8
 
 
 def _cfg(**kw) -> FinetuneConfig:
-    return FinetuneConfig.preset("smoke", text_dim=TEXT_DIM, **kw)
+    return finetune_config("smoke", text_dim=TEXT_DIM, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +53,17 @@ def root(tmp_path_factory):
 
 
 def test_config_roundtrip_presets_and_unknown_key():
-    cfg = FinetuneConfig.preset("demo", seed=3)
+    cfg = finetune_config("demo", seed=3)
     assert FinetuneConfig.from_dict(cfg.to_dict()) == cfg
-    assert set(PRESETS) == {"smoke", "demo"}
-    assert FinetuneConfig.preset("smoke").epochs == PRESETS["smoke"]["epochs"]
+    assert set(FINETUNE) == {"smoke", "demo", "full"}
+    assert finetune_config("smoke").epochs == FINETUNE["smoke"]["epochs"]
+    assert finetune_config("smoke", epochs=None).epochs == FINETUNE["smoke"]["epochs"]  # None keeps the preset
     with pytest.raises(ValueError, match="unknown FinetuneConfig fields"):
         FinetuneConfig.from_dict({**cfg.to_dict(), "learning_rate": 1.0})
-    with pytest.raises(ValueError, match="unknown preset"):
-        FinetuneConfig.preset("huge")
+    with pytest.raises(TypeError, match="learning_rate"):
+        finetune_config("smoke", learning_rate=1.0)
+    with pytest.raises(ValueError, match="unknown profile"):
+        finetune_config("huge")
     with pytest.raises(ValueError):
         FinetuneConfig(frame_sampling="all")
 

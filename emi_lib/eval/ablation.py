@@ -1,6 +1,6 @@
 """The ablation study of notebook 03: which part of the method carries the score?
 
-Every variant is trained with the same data, split, budget (``emi_lib.train.budgets``) and early
+Every variant is trained with the same data, split, budget (``emi_lib.train.config``) and early
 stopping as notebook 02's full model, once per seed; only the named part changes. The paper
 (arXiv 2503.10603) claims that stage-1 alignment, the TCN / gated-BiLSTM split and quality-guided
 fusion each help; each variant below removes or replaces exactly one of them.
@@ -42,7 +42,7 @@ class Variant:
     use_priors: bool = True  # signal priors for the quality estimators (quality fusion only)
     swap_encoders: bool = False  # TCN over audio, gated BiLSTM over vision
     use_text: bool = False  # transcript embedding as a third stream
-    train: tuple = ()  # (key, value) training overrides of the recipe (emi_lib.train.budgets), e.g. no dropout
+    train: tuple = ()  # (key, value) training overrides of the recipe (emi_lib.train.config), e.g. no dropout
     reference: str = "full"  # the arm it is compared with (backbone arms: the raw-input arm, same inputs kind)
     tests: str = ""  # the claim this arm tests
 
@@ -92,7 +92,7 @@ _WORKER: dict = {}
 
 def variant_config(key: str, profile: str, dims: dict, seed: int, n_train: int, **overrides):
     """The :class:`~emi_lib.train.stage2.Stage2Config` of a stage-2 variant."""
-    from emi_lib.train.budgets import stage2_config
+    from emi_lib.train.config import stage2_config
 
     v = VARIANTS[key]
     return stage2_config(profile, dims, fusion=v.fusion, use_priors=v.use_priors, seed=seed, use_text=v.use_text,

@@ -92,20 +92,6 @@ class FinetuneConfig:
             raise ValueError(f"unknown FinetuneConfig fields {unknown}")
         return cls(**d)
 
-    @classmethod
-    def preset(cls, name: str, **overrides) -> FinetuneConfig:
-        """A named preset of :data:`PRESETS` (``"smoke"``, ``"demo"``) with field overrides."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        return cls(**{**PRESETS[name], **overrides})
-
-
-#: Named presets: ``smoke`` (tests, a few seconds) and ``demo`` (<= ~90 s on one CPU thread, 300 clips).
-PRESETS: dict[str, dict] = {
-    "smoke": dict(frames_per_clip=2, max_frames=8, epochs=3, batch_size=8, warmup_steps=0, embed_dim=16),
-    "demo": dict(frames_per_clip=4, max_frames=32, epochs=32, batch_size=16, lr=3e-4, warmup_steps=10),
-}
-
 
 class FinetuneModel(nn.Module):
     """The tower (``encoder.module``, trained through ``encoder.trainable_forward``) + two projections."""

@@ -80,8 +80,8 @@ def run_stage2(a, ctx) -> dict:
     from emi_lib.data import DataRoot
     from emi_lib.eval.metrics import challenge_score
     from emi_lib.features.store import FeatureStore
-    from emi_lib.train.budgets import stage2_config
     from emi_lib.train.checkpoint import atomic_write_json, atomic_write_text
+    from emi_lib.train.config import stage2_config
     from emi_lib.train.data import Stage2Data
     from emi_lib.train.inputs import Standardizer
     from emi_lib.train.stage2 import predict, train_stage2

@@ -98,7 +98,7 @@ class Stage2Config:
     model: dict = field(default_factory=lambda: EMIModelConfig().to_dict())  # EMIModelConfig fields
     mse_weight: float = 1.0  # lambda_mse of the loss
     pcc_weight: float = 1.0  # lambda_pcc of the loss (mean over emotions of 1 - batch r)
-    lr: float = 1e-3  # peak AdamW learning rate
+    lr: float = 2e-3  # peak AdamW learning rate
     weight_decay: float = 1e-2  # AdamW weight decay (weights only, not biases / norms)
     warmup_steps: int | None = None  # linear warm-up steps; None = round(warmup_ratio * total steps)
     warmup_ratio: float = 0.05  # warm-up share of all steps when warmup_steps is None
@@ -107,7 +107,7 @@ class Stage2Config:
     batch_size: int = 32  # training clips per optimiser step (per rank under DDP)
     eval_batch_size: int | None = None  # clips per evaluation batch; None = 2 * batch_size
     grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
-    patience: int | None = 5  # stop after this many epochs without a better val mean PCC; None = off
+    patience: int | None = 6  # stop after this many epochs without a better val mean PCC; None = off
     min_delta: float = 0.0  # an improvement must exceed the best score by more than this
     drop_last: bool = True  # drop an incomplete last training batch (never in evaluation)
     bucket_by_length: bool = False  # training batches group clips of similar length (emi_lib.train.buckets)

@@ -303,7 +303,7 @@ def resolve_model(profile: str, inputs, out_dir, *, model_run=None, seed: int = 
     Returns ``(model, source, why)``."""
     from emi_lib.data.fingerprint import ProvenanceError
     from emi_lib.paths import model_run_dir, stage_run_dir
-    from emi_lib.train.budgets import stage2_config
+    from emi_lib.train.config import stage2_config
     from emi_lib.train.inputs import check_run_inputs, record_run_inputs
     from emi_lib.train.stage2 import load_run, train_stage2
 
