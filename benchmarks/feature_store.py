@@ -1,4 +1,4 @@
-"""Feature-store benchmark (issue 6): one epoch of batches through per-clip pickles vs the packed store.
+"""Feature-store benchmark: one epoch of batches through per-clip pickles vs the packed store.
 
 A benchmark that prints numbers, not a test::
 

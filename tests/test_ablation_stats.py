@@ -1,4 +1,4 @@
-"""Seed statistics (emi_lib.eval.stats) and the ablation runner (emi_lib.eval.ablation)."""
+"""Seed statistics (emi_lib.eval.stats) and the ablation runner (emi_lib.experiments.ablation)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from emi_lib.constants import EMOTIONS
-from emi_lib.eval.ablation import VARIANTS, claim_verdicts, paired_table, ridge_scores, run_ablation
 from emi_lib.eval.stats import ci_table, format_ci, mean_ci, paired_comparison
+from emi_lib.experiments.ablation import VARIANTS, claim_verdicts, paired_table, ridge_scores, run_ablation
 from emi_lib.train.data import Stage2Data
 
 

@@ -75,7 +75,7 @@ def test_openclip_tiny_trainable_forward_has_gradients(tiny_vision):
 
 @pytest.mark.parametrize("fmt", ["pt", "safetensors"])
 def test_openclip_checkpoint_file_loads_through_the_pretrained_path(tmp_path, monkeypatch, fmt):
-    """issue 3 §7: a saved tiny open_clip model loads by path via create_model_and_transforms."""
+    """A saved tiny open_clip model loads by path via create_model_and_transforms."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     src = load_backbone("vision", "openclip-tiny")
     _perturb(src.model)
@@ -133,7 +133,7 @@ def test_wav2vec2_long_audio_runs_in_windows():
 
 
 def test_hf_audio_saved_model_loads_by_path_offline(tmp_path, monkeypatch):
-    """issue 3 §7: a tiny transformers wav2vec2 saved with save_pretrained loads via 'hf:<path>'."""
+    """A tiny transformers wav2vec2 saved with save_pretrained loads via 'hf:<path>'."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     src = load_backbone("audio", "wav2vec2-tiny")
     _perturb(src.module)

@@ -35,7 +35,7 @@ def _init(rank: int, port: int):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(WORLD),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    from emi_lib.train.distributed import init_distributed
+    from emi_lib.distributed import init_distributed
 
     ctx = init_distributed(device="cpu", timeout_s=120)  # a hung collective fails instead of blocking
     assert (ctx.rank, ctx.world, ctx.backend, ctx.is_main) == (rank, WORLD, "gloo", rank == 0)
@@ -43,7 +43,7 @@ def _init(rank: int, port: int):
 
 
 def _worker(rank, port, out, root):
-    from emi_lib.train.distributed import cleanup
+    from emi_lib.distributed import cleanup
 
     _init(rank, port)
     _metric_part(rank, out)
@@ -82,12 +82,8 @@ def _fixed_predictions(n: int = 50, cut: int = 13):
 
 
 def _metric_part(rank, out):
-    from emi_lib.train.distributed import (
-        all_gather_object,
-        gather_predictions,
-        gathered_challenge_score,
-        shard_ids,
-    )
+    from emi_lib.distributed import all_gather_object, gather_predictions, shard_ids
+    from emi_lib.eval.metrics import gathered_challenge_score
 
     ids, pred, labels, cut = _fixed_predictions()
     part = slice(0, cut) if rank == 0 else slice(cut, None)  # 13 vs 37 clips
@@ -286,7 +282,7 @@ def test_stage1_two_processes_global_negatives(spawned):
 
 @pytest.mark.parametrize("n", [7])
 def test_shard_ids_single_process(n):
-    from emi_lib.train.distributed import context, gather_predictions, shard_ids
+    from emi_lib.distributed import context, gather_predictions, shard_ids
 
     ids = [str(i) for i in range(n)]
     assert shard_ids(ids) == ids and context().world == 1  # no process group: one rank holds everything

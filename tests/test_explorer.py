@@ -18,11 +18,12 @@ from emi_lib.constants import EMOTIONS, SAMPLE_RATE
 from emi_lib.data import DataRoot
 from emi_lib.data.errors import DataError
 from emi_lib.data.media import face_files, load_audio
-from emi_lib.eval.timeline import fusion_timeline, step_times
+from emi_lib.experiments.explorer_model import resolve_model
 from emi_lib.models.emi_model import EMIModel, EMIModelConfig
 from emi_lib.train.data import Stage2Data
 from emi_lib.train.stage2 import predict
 from emi_lib.viz import explorer as X
+from emi_lib.viz.timeline import fusion_timeline, step_times
 
 torch.set_num_threads(1)
 PNG = b"\x89PNG"
@@ -208,25 +209,25 @@ def test_resolve_model_reuses_a_run_of_the_same_inputs_else_trains(tmp_path, inp
 
     monkeypatch.setenv("EMI_RUNS_DIR", str(tmp_path / "runs"))
     mine = _with_provenance(inputs)
-    model, source, why = X.resolve_model("smoke", mine, tmp_path / "a", seed=0)
+    model, source, why = resolve_model("smoke", mine, tmp_path / "a", seed=0)
     assert source == "trained here" and "no notebook-02 model" in why
     run = tmp_path / "a" / "model_trained_here"
     assert (run / "best.pt").exists() and (run / "inputs.json").exists()  # it records what it was trained on
-    model2, source2, _ = X.resolve_model("smoke", mine, tmp_path / "b", model_run=run)
+    model2, source2, _ = resolve_model("smoke", mine, tmp_path / "b", model_run=run)
     assert source2 == "notebook 02"
     a, b = predict(model, inputs.sets["test"])[0], predict(model2, inputs.sets["test"])[0]
     pd.testing.assert_frame_equal(a, b)
     # a model of another data root (same ids, same dims): an explicit MODEL_RUN is refused, naming both roots
     other_root = _with_provenance(inputs, fingerprint="f2")
     with pytest.raises(ProvenanceError, match="/roots/f1.*/roots/f2"):
-        X.resolve_model("smoke", other_root, tmp_path / "c", model_run=run)
+        resolve_model("smoke", other_root, tmp_path / "c", model_run=run)
     # ... and the default (notebook 02's folder) falls back to training here, saying why
     nb02 = model_run_dir(stage_run_dir("smoke", "02_stage2_fusion_training"), "full")
     shutil.copytree(run, nb02)
-    _, source3, why3 = X.resolve_model("smoke", other_root, tmp_path / "d")
+    _, source3, why3 = resolve_model("smoke", other_root, tmp_path / "d")
     assert source3 == "trained here" and "/roots/f1" in why3 and "/roots/f2" in why3
     # other streams (same dims, other features): refused
     with pytest.raises(ProvenanceError, match="was trained on"):
-        X.resolve_model("smoke", _with_provenance(inputs, streams=("vision", "other")), tmp_path / "e", model_run=run)
+        resolve_model("smoke", _with_provenance(inputs, streams=("vision", "other")), tmp_path / "e", model_run=run)
     with pytest.raises(FileNotFoundError, match="no best.pt"):
-        X.resolve_model("smoke", mine, tmp_path / "f", model_run=tmp_path / "none")
+        resolve_model("smoke", mine, tmp_path / "f", model_run=tmp_path / "none")

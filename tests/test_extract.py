@@ -1,4 +1,4 @@
-"""Extraction into the feature store (issue 3, sections 2 and 7): shapes, missing modalities,
+"""Extraction into the feature store: shapes, missing modalities,
 resume after an interruption, no mixing of backbones, the ``official`` backbone, the CLI."""
 
 from __future__ import annotations

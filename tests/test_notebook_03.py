@@ -10,7 +10,7 @@ import math
 
 import papermill as pm
 
-from emi_lib.eval.ablation import VARIANTS
+from emi_lib.experiments.ablation import VARIANTS
 
 VERDICTS = {"holds", "reversed", "not shown", "untestable"}
 CLAIM_VERDICTS = {"held", "contradicted", "not shown", "untestable (1 seed)", "not run"}

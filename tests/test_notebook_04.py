@@ -3,7 +3,7 @@ driven by the notebook's cells without a browser, the static snapshot is saved a
 
 The shared SynthMimic smoke root and its raw features are prepared first (as notebooks 00/01 do under
 ``make test``). The notebook trains its own small model unless a notebook-02 model of this profile exists
-(the reuse path is tested in ``test_explorer.py::test_resolve_model_reuses_a_matching_run_else_trains``)."""
+(the reuse path is tested in ``test_explorer.py::test_resolve_model_reuses_a_run_of_the_same_inputs_else_trains``)."""
 
 from __future__ import annotations
 

@@ -76,3 +76,20 @@ def test_notebook_is_clean_and_parameterised(path):
     for name in ("PROFILE", "DATA_SEED", "RUN_DIR", "DATA_ROOT"):
         assert re.search(rf"^{name}\s*=", src, re.M), f"{path.name}: parameter {name} missing"
     assert "default_profile()" in src, f"{path.name}: PROFILE must default to the EMI_PROFILE environment variable"
+
+
+def test_the_repository_references_nothing_outside_itself_and_no_issue_numbers():
+    """Docs and code point at files in the repository (the design document is docs/DESIGN.md) and never at
+    tracker issue numbers, which mean nothing to a reader of the code."""
+    root = Path(__file__).resolve().parent.parent
+    files = [root / "README.md", root / "Makefile", *root.glob("docs/*.md"), *root.glob("emi_lib/**/*.py"),
+             *root.glob("tests/*.py"), *root.glob("benchmarks/**/*.py"), *root.glob("benchmarks/**/*.yaml"),
+             *root.glob("notebooks/*.ipynb")]
+    bad = []
+    for f in files:
+        if f == Path(__file__).resolve():
+            continue
+        for n, line in enumerate(f.read_text().splitlines(), 1):
+            if re.search(r"\bissues? \d+\b|\bissue #\d+|\.\./shared|(?<!docs/)\bDESIGN\.md", line):
+                bad.append(f"{f.relative_to(root)}:{n}: {line.strip()[:100]}")
+    assert not bad, "\n".join(bad)

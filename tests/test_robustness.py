@@ -9,8 +9,8 @@ import pytest
 from emi_lib.data import DataRoot
 from emi_lib.data.synth import SynthConfig, ensure_synthmimic, generate
 from emi_lib.eval.corruption import load_corruptions
-from emi_lib.eval.robustness import CLEAN, degradation_table, make_sweep_roots, sweep_levels
 from emi_lib.eval.submission import read_hidden_labels
+from emi_lib.experiments.robustness import CLEAN, degradation_table, make_sweep_roots, sweep_levels
 
 TINY = dict(n_train=2, n_valid=2, n_test=4, n_subjects=3)
 

@@ -62,7 +62,7 @@ def test_openclip_tiny_text_tower_is_deterministic():
 
 
 def test_hf_text_saved_model_loads_by_path_offline(tmp_path, monkeypatch):
-    """issue 3 §7: a tiny BERT (MiniLM's tokenizer, random weights) saved and loaded by 'hf-text:<path>'."""
+    """A tiny BERT (MiniLM's tokenizer, random weights) saved and loaded by 'hf-text:<path>'."""
     from transformers import AutoTokenizer, BertConfig, BertModel
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

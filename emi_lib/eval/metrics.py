@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from emi_lib.constants import EMOTIONS
+from emi_lib.distributed import gather_predictions
 
 
 class ConstantColumnWarning(UserWarning):
@@ -83,3 +84,17 @@ def score_table(scores: dict[str, dict]) -> pd.DataFrame:
     """Rows = systems, columns = the six emotions + ``mean``, from ``{name: challenge_score(...)}``."""
     rows = {name: {**s["per_emotion"], "mean": s["mean"]} for name, s in scores.items()}
     return pd.DataFrame.from_dict(rows, orient="index")[[*EMOTIONS, "mean"]]
+
+
+def gathered_challenge_score(ids, preds, labels: pd.DataFrame, require_all: bool = True) -> dict:
+    """``challenge_score`` of **all ranks' predictions together** (the same dict on every rank).
+
+    ``ids`` / ``preds``: this rank's clips and (n, 6) predictions; ``labels``: the true values of the
+    whole split (index = ids, the six EMOTIONS columns). With ``require_all`` every labelled clip must
+    have been predicted by some rank. Never average per-rank Pearson r instead (module docstring:
+    Pearson is not additive over shards)."""
+    expected = [str(i) for i in labels.index] if require_all else None
+    pred = gather_predictions(ids, preds, EMOTIONS, expected)
+    true = labels.copy()
+    true.index = [str(i) for i in true.index]
+    return challenge_score(pred, true.loc[pred.index, list(EMOTIONS)])

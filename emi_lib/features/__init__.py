@@ -1,4 +1,4 @@
-"""Feature backbones and the text each clip contributes (issue 3, section 1).
+"""Feature backbones and the text each clip contributes.
 
 ``load_backbone(modality, name, device)`` -> an encoder named by a config string; the names,
 dims and frame rates are tabulated in :mod:`emi_lib.features.backbones` (vision, audio) and

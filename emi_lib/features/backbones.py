@@ -1,4 +1,4 @@
-"""Frozen feature backbones, each named by a string in configs (issue 3, section 1).
+"""Frozen feature backbones, each named by a string in configs.
 
 ``load_backbone(modality, name, device)`` returns an encoder with ``.name`` (the exact string,
 used as the feature-store key), ``.dim``, ``.modality``, ``.module`` (the torch module, for

@@ -1,4 +1,4 @@
-"""Extraction of per-clip features from a data root into a :class:`FeatureStore` (issue 3, section 2).
+"""Extraction of per-clip features from a data root into a :class:`FeatureStore`.
 
 >>> from emi_lib.features.extract import extract_split, extract_all
 >>> rep = extract_split(root, "train", store, "vision", "openclip-tiny")   # doctest: +SKIP
@@ -407,7 +407,7 @@ def extract_split(
     if rank == 0:
         _write_meta(folder, rep, settings, set(todo), store.done_ids(modality, name, split), split_ids)
     if world > 1:
-        from emi_lib.train.distributed import barrier
+        from emi_lib.distributed import barrier
 
         barrier()  # _meta.json is written before any rank returns
     return rep
@@ -468,7 +468,7 @@ def _rank_world() -> tuple[int, int]:
 def _merge_ranks(rep: ExtractionReport, todo: list[str], time_axis: str, wanted: list[str]):
     """Every rank's part of the run (all-gathered) merged into one report, in ``wanted`` order;
     returns ``(report, every rank's attempted clips, time axis)`` (the same on every rank)."""
-    from emi_lib.train.distributed import all_gather_object
+    from emi_lib.distributed import all_gather_object
 
     parts = all_gather_object({"computed": rep.computed, "existing": rep.existing, "missing": rep.issues.missing,
                                "skipped": rep.issues.skipped, "strides": rep.strides, "dim": rep.dim,
@@ -559,8 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     if not (a.vision or a.audio or a.text):
         ap.error("give at least one of --vision, --audio, --text")
+    from emi_lib.distributed import cleanup, init_distributed
     from emi_lib.features.weights import WeightsUnavailableError
-    from emi_lib.train.distributed import cleanup, init_distributed
 
     ctx = init_distributed(device=a.device)  # under torchrun: one process group, clips sharded by rank
     device = str(ctx.device) if ctx.distributed and a.device == "cuda" else a.device

@@ -391,7 +391,7 @@ class PackedStore(Mapping):
                 f"{self.dtype.name})")
 
 
-if __name__ == "__main__":  # the CLI lives in emi_lib.features.packed_cli (module docstring)
-    from emi_lib.features.packed_cli import main
+if __name__ == "__main__":  # the CLI lives in emi_lib.features.packed_cli (run, not imported: no import cycle)
+    import runpy
 
-    raise SystemExit(main())
+    runpy.run_module("emi_lib.features.packed_cli", run_name="__main__", alter_sys=True)

@@ -67,7 +67,7 @@ def _log(ctx, msg: str) -> None:
 def _priors(root, store, split: str, ctx) -> pd.DataFrame:
     """The split's signal priors (:func:`emi_lib.train.inputs.load_priors`, cached in the store): rank 0
     computes them when absent, the other ranks wait, then every rank reads the cache."""
-    from emi_lib.train.distributed import barrier
+    from emi_lib.distributed import barrier
     from emi_lib.train.inputs import load_priors
 
     if ctx.is_main:
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.lr is None:
         a.lr = 2e-3 if a.stage == "stage2" else 1e-3
     from emi_lib.data import DataError
-    from emi_lib.train.distributed import cleanup, init_distributed
+    from emi_lib.distributed import cleanup, init_distributed
 
     ctx = init_distributed(device=a.device)  # torchrun also sets OMP_NUM_THREADS=1 per process by default
     try:

@@ -22,7 +22,7 @@ W x ``batch_size`` clips (``batch_size`` is per rank; the remainder is dropped) 
 of steps and each clip of a global batch is encoded by exactly one rank.
 
 *Negatives are global*: each rank all-gathers the clip and text embeddings (and, label-aware, the
-labels) of the global batch (:func:`~emi_lib.train.distributed.all_gather_with_grad`: the other
+labels) of the global batch (:func:`~emi_lib.distributed.all_gather_with_grad`: the other
 ranks' parts are constants, its own part keeps its graph), so the InfoNCE loss is the one of the
 whole W x B batch, with W x B - 1 negatives per pair, exactly as one process with batch W x B
 would compute it. Every rank then holds the same loss value L; rank r back-propagates W x L, whose
@@ -164,7 +164,7 @@ def train_aligner(cfg: AlignerConfig, train_feats: dict, train_text: dict, val_f
     ``val_text2clip_R@1/5``, ``val_chance_R@1``, ``seconds``. ``val_text_keys`` {id: prompt}
     makes retrieval count any clip/text with the same prompt as a hit (see ``retrieval_recall``).
     ``train_labels`` (index = clip ids, six emotion columns) is required when ``cfg.label_aware``."""
-    from emi_lib.train.distributed import all_gather_with_grad, broadcast_object, context
+    from emi_lib.distributed import all_gather_with_grad, broadcast_object, context
 
     ctx = context()
     rank, world = ctx.rank, ctx.world

@@ -30,7 +30,7 @@ as an uninterrupted one: the batch order is a pure function of (seed, epoch) and
 restored, so dropout draws the same masks.
 
 DDP (``torchrun``, see ``docs/distributed.md``): ``rank``/``world_size`` default to ``torch.distributed``
-when it is initialised (:func:`emi_lib.train.distributed.init_distributed`).
+when it is initialised (:func:`emi_lib.distributed.init_distributed`).
 
 - Training batches: every rank computes the same (seed, epoch) order; rank r takes the batches
   i % world_size == r of it, cut to a multiple of world_size first, so every rank runs the same
@@ -66,6 +66,7 @@ import pandas as pd
 import torch
 
 from emi_lib.constants import EMOTIONS
+from emi_lib.distributed import barrier, broadcast_object
 from emi_lib.eval.metrics import challenge_score
 from emi_lib.features.quality import PRIOR_COLUMNS
 from emi_lib.models.emi_model import EMIModel, EMIModelConfig
@@ -79,7 +80,6 @@ from emi_lib.train.checkpoint import (
     unwrap,
 )
 from emi_lib.train.data import Stage2Data, Stage2Dataset, epoch_batches, eval_batches, shard, to_device
-from emi_lib.train.distributed import barrier, broadcast_object
 from emi_lib.train.losses import emi_loss, stage2_loss
 from emi_lib.train.seeding import rng_state, seed_everything, set_rng_state
 

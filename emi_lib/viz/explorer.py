@@ -2,7 +2,7 @@
 
 One clip at a time: the video frame under a slider (and its face crop), the waveform and log-mel spectrogram
 with a cursor at the frame's time, predicted against true intensities, the fusion weights over time
-(:func:`emi_lib.eval.timeline.fusion_timeline`: a windowed *diagnostic*; the clip-level weight the prediction
+(:func:`emi_lib.viz.timeline.fusion_timeline`: a windowed *diagnostic*; the clip-level weight the prediction
 used is drawn dashed), the transcript and, on SynthMimic, what the generator corrupted.
 
 Drawing lives in pure functions (arrays in, matplotlib figure out) so that it is testable without widgets and
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import html
 import io
-import shutil
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +26,7 @@ from emi_lib.constants import EMOTIONS, SAMPLE_RATE
 from emi_lib.data import DataRoot
 from emi_lib.data.errors import DataError
 from emi_lib.data.media import face_files, load_audio, load_face_crops, load_transcript, load_video_frames
-from emi_lib.eval.timeline import WeightTimeline, fusion_timeline, step_times
+from emi_lib.viz.timeline import WeightTimeline, fusion_timeline, step_times
 
 COLORS = {"vision": "tab:blue", "audio": "tab:orange", "text": "tab:green"}
 
@@ -293,41 +292,6 @@ def suggest_clips(ids, corruptions: pd.DataFrame | None) -> dict:
     clean = c[(c["face_corruption"] == "none") & (c["audio_corruption"] == "none")]
     out["clean"] = clean.index[0] if len(clean) else ids[0]
     return out
-
-
-def resolve_model(profile: str, inputs, out_dir, *, model_run=None, seed: int = 0):
-    """Notebook 02's full model (``model_run`` or its default folder) when it was trained on inputs like
-    ``inputs`` (its ``inputs.json``: same data root and fingerprint, streams and z-scoring, checked by
-    :func:`~emi_lib.train.inputs.check_run_inputs`), else a small model trained here on the smoke budget.
-    An explicit ``model_run`` that does not fit raises :class:`~emi_lib.data.fingerprint.ProvenanceError`.
-    Returns ``(model, source, why)``."""
-    from emi_lib.data.fingerprint import ProvenanceError
-    from emi_lib.paths import model_run_dir, stage_run_dir
-    from emi_lib.train.config import stage2_config
-    from emi_lib.train.inputs import check_run_inputs, record_run_inputs
-    from emi_lib.train.stage2 import load_run, train_stage2
-
-    folder = Path(model_run) if model_run else model_run_dir(stage_run_dir(profile, "02_stage2_fusion_training"), "full")
-    dims = inputs.dims()
-    if (folder / "best.pt").exists():
-        why = check_run_inputs(folder, inputs)
-        if why is None:
-            model, cfg = load_run(folder)
-            if cfg.model["vision_dim"] == dims["vision"] and cfg.model["audio_dim"] == dims["audio"]:
-                return model, "notebook 02", f"notebook 02's full model from {folder}"
-            why = f"{folder} expects dims vision {cfg.model['vision_dim']} / audio {cfg.model['audio_dim']}, inputs have {dims}"
-        if model_run:
-            raise ProvenanceError(f"MODEL_RUN={model_run} does not fit these inputs: {why}")
-    elif model_run:
-        raise FileNotFoundError(f"MODEL_RUN={model_run} holds no best.pt")
-    else:
-        why = f"no notebook-02 model at {folder}"
-    run = Path(out_dir) / "model_trained_here"
-    shutil.rmtree(run, ignore_errors=True)
-    cfg = stage2_config("smoke", dims, seed=seed, n_train=len(inputs.sets["train"]))
-    model, _ = train_stage2(cfg, inputs.sets["train"], inputs.sets["valid"], run, progress=False, resume=False)
-    record_run_inputs(run, inputs)
-    return model.eval(), "trained here", f"{why}: trained a small model here (smoke budget, {run})"
 
 
 # ------------------------------------------------------------------------------------------------ widgets

@@ -1,9 +1,9 @@
-r"""torch.distributed helpers: process-group setup from ``torchrun``'s environment, clip sharding,
+r"""torch.distributed helpers (a base module: extraction, training and evaluation all use it): process-group setup from ``torchrun``'s environment, clip sharding,
 barriers, and the dataset-level metric on predictions gathered from every rank.
 
 >>> ctx = init_distributed()            # doctest: +SKIP  (under torchrun; a 1-process context otherwise)
 >>> my_ids = shard_ids(all_ids, ctx.rank, ctx.world)          # doctest: +SKIP
->>> score = gathered_challenge_score(my_ids, my_pred, labels)  # doctest: +SKIP  (same on every rank)
+>>> pred = gather_predictions(my_ids, my_pred)  # doctest: +SKIP  (every rank's rows, each clip once)
 >>> cleanup()                           # doctest: +SKIP
 
 **Backend**: ``gloo`` on the CPU, ``nccl`` on CUDA (each process uses GPU ``LOCAL_RANK``). Every
@@ -20,7 +20,7 @@ r over the *whole* split. Pearson's r is not additive over shards: with shards :
 uses the global means :math:`\bar x, \bar y`; the per-shard :math:`r_k` use each shard's own means
 and scales, so :math:`\frac1K\sum_k r_k \ne r` in general (a shard whose predictions are shifted by a
 constant keeps its :math:`r_k` but lowers :math:`r`; shards of unequal size are weighted equally;
-a small shard gives a noisy :math:`r_k`). :func:`gathered_challenge_score` therefore all-gathers
+a small shard gives a noisy :math:`r_k`). :func:`emi_lib.eval.metrics.gathered_challenge_score` therefore all-gathers
 every rank's (ids, predictions), checks that each clip was scored exactly once, and computes
 ``challenge_score`` once on the full set -- the same number on every rank, equal to the
 single-process score on the same predictions.
@@ -38,7 +38,7 @@ import torch
 from emi_lib.constants import EMOTIONS
 
 __all__ = ["DistContext", "all_gather_object", "all_gather_with_grad", "barrier", "broadcast_object", "cleanup", "context",
-           "gather_predictions", "gathered_challenge_score", "init_distributed", "is_initialized",
+           "gather_predictions", "init_distributed", "is_initialized",
            "shard_ids"]
 
 
@@ -192,19 +192,3 @@ def gather_predictions(ids, preds, columns=EMOTIONS, expected=None) -> pd.DataFr
     cols = list(columns)
     data = np.stack([rows[c] for c in order]) if order else np.zeros((0, len(cols)))
     return pd.DataFrame(data, index=pd.Index(order, name="Filename"), columns=cols)
-
-
-def gathered_challenge_score(ids, preds, labels: pd.DataFrame, require_all: bool = True) -> dict:
-    """``challenge_score`` of **all ranks' predictions together** (the same dict on every rank).
-
-    ``ids`` / ``preds``: this rank's clips and (n, 6) predictions; ``labels``: the true values of the
-    whole split (index = ids, the six EMOTIONS columns). With ``require_all`` every labelled clip must
-    have been predicted by some rank. Never average per-rank Pearson r instead (module docstring:
-    Pearson is not additive over shards)."""
-    from emi_lib.eval.metrics import challenge_score
-
-    expected = [str(i) for i in labels.index] if require_all else None
-    pred = gather_predictions(ids, preds, EMOTIONS, expected)
-    true = labels.copy()
-    true.index = [str(i) for i in true.index]
-    return challenge_score(pred, true.loc[pred.index, list(EMOTIONS)])
