@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from emi_lib.constants import EMOTIONS
+from emi_lib.eval.corruption import noise_ceiling
 from emi_lib.eval.metrics import challenge_score
 from emi_lib.features.summary import all_summary_features, split_labels
 
@@ -34,26 +35,18 @@ FEATURE_SETS: dict[str, tuple[str, ...]] = {
 ALPHAS = tuple(float(a) for a in np.logspace(-1, 5, 13))
 
 
-def noise_ceiling_scores(root: str | os.PathLike, split: str) -> dict | None:
-    """``challenge_score(z, label)`` of a SynthMimic split (None without ``synthmimic/latents.csv``)."""
-    root = Path(root)
-    lat_path = root / "synthmimic" / "latents.csv"
-    labels = split_labels(root, split)
-    if labels is None or not lat_path.exists():
-        return None
-    lat = pd.read_csv(lat_path)
-    lat.index = pd.Index([f"{int(v):05d}" for v in lat["Filename"]], name="Filename")
-    return challenge_score(lat.loc[labels.index, list(EMOTIONS)], labels)
-
-
-def fit_ridge(x_train: np.ndarray, y_train: np.ndarray, alphas=ALPHAS):
-    """Standardize + RidgeCV (one alpha per emotion), fitted on train."""
+def fit_ridge(x_train, y_train, alphas=ALPHAS, alpha_per_target: bool = True):
+    """The workbench's one ridge: standardize, then ``RidgeCV`` (alpha by efficient leave-one-out, one alpha per
+    emotion unless ``alpha_per_target=False``), fitted on ``(x_train, y_train)``; ``y_train`` an array or a
+    DataFrame with the six emotion columns. Every probe and baseline (summary features, clip embeddings,
+    pooled sequences, the ablation's linear arm, the cross-validated probe) fits through it."""
     from sklearn.linear_model import RidgeCV
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.asarray(alphas), alpha_per_target=True))
-    return model.fit(x_train, y_train)
+    y = y_train[list(EMOTIONS)].to_numpy(np.float64) if isinstance(y_train, pd.DataFrame) else np.asarray(y_train, np.float64)
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=np.asarray(alphas), alpha_per_target=alpha_per_target))
+    return model.fit(np.asarray(x_train, dtype=np.float64), y)
 
 
 def ridge_table(root: str | os.PathLike, eval_splits=("valid", "test"), feature_sets: dict | None = None,
@@ -85,8 +78,11 @@ def ridge_table(root: str | os.PathLike, eval_splits=("valid", "test"), feature_
             x = x_of(split)
             pred = pd.DataFrame(model.predict(x.to_numpy(np.float64)), index=x.index, columns=list(EMOTIONS))
             scores[(split, name)] = challenge_score(pred, labels[split].loc[x.index])
-    for split in eval_splits:
-        ceil = noise_ceiling_scores(root, split)
+    for split in eval_splits:  # the generator's noise ceiling of the split (SynthMimic's manifest), when it has one
+        try:
+            ceil = noise_ceiling(root, split)
+        except KeyError:  # a root generated without this split
+            ceil = None
         if ceil is not None:
             scores[(split, "ceiling")] = ceil
     keys = [(s, n) for s in eval_splits for n in [*feature_sets, "ceiling"] if (s, n) in scores]

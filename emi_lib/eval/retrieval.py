@@ -32,12 +32,10 @@ from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import RidgeCV
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from emi_lib.constants import EMOTIONS
 from emi_lib.eval.metrics import challenge_score, score_table
+from emi_lib.eval.probe import fit_ridge
 from emi_lib.features.store import valid_steps
 
 
@@ -132,8 +130,7 @@ def linear_probe(train_X, train_y, eval_X, eval_y, alphas=np.logspace(-2, 4, 13)
     on the evaluation set. Returns the score dict plus ``"alphas"`` (the chosen alpha per emotion).
     Rows of ``train_y``/``eval_y`` (arrays or DataFrames with the emotion columns) follow X's rows."""
     ytr, yev = _labels_array(train_y), _labels_array(eval_y)
-    pipe = make_pipeline(StandardScaler(), RidgeCV(alphas=np.asarray(alphas), alpha_per_target=alpha_per_target))
-    pipe.fit(np.asarray(train_X, dtype=np.float64), ytr)
+    pipe = fit_ridge(train_X, ytr, alphas, alpha_per_target)
     pred = pipe.predict(np.asarray(eval_X, dtype=np.float64))
     score = challenge_score(pred, yev)
     score["alphas"] = np.atleast_1d(pipe[-1].alpha_).tolist()

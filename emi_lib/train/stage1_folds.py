@@ -48,12 +48,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import RidgeCV
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
 from emi_lib.constants import EMOTIONS
 from emi_lib.eval.metrics import challenge_score
+from emi_lib.eval.probe import fit_ridge
 from emi_lib.models.aligner import AlignerConfig
 from emi_lib.train.stage1 import AlignedFeatures, export_aligned, train_aligner, usable_ids
 
@@ -181,7 +179,7 @@ def export_aligned_oof(cfg: AlignerConfig, train_feats: Mapping, train_text: Map
 
 def cv_probe(X, y, folds, alphas=np.logspace(-2, 4, 13)) -> dict:  # noqa: B008
     """Cross-validated ridge probe *within* one set: for each fold, the probe of
-    :func:`~emi_lib.eval.retrieval.linear_probe` (StandardScaler + RidgeCV, one alpha per emotion) is fitted
+    :func:`~emi_lib.eval.probe.fit_ridge` (StandardScaler + RidgeCV, one alpha per emotion) is fitted
     on the other folds and predicts the held-out rows; the challenge score is computed once over all
     held-out predictions. ``folds``: one fold number per row of ``X``.
 
@@ -194,9 +192,7 @@ def cv_probe(X, y, folds, alphas=np.logspace(-2, 4, 13)) -> dict:  # noqa: B008
     pred = np.zeros_like(yv)
     for f in np.unique(folds):
         te = folds == f
-        pipe = make_pipeline(StandardScaler(), RidgeCV(alphas=np.asarray(alphas), alpha_per_target=True))
-        pipe.fit(X[~te], yv[~te])
-        pred[te] = pipe.predict(X[te])
+        pred[te] = fit_ridge(X[~te], yv[~te], alphas).predict(X[te])
     return challenge_score(pred, yv)
 
 

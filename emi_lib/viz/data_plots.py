@@ -71,9 +71,10 @@ def plot_face_strip(frames_by_clip: dict[str, np.ndarray], labels: pd.DataFrame,
 
 
 def plot_wave_and_logmel(wave: np.ndarray, title: str = "", n_mels: int = 64):
-    """Waveform above its log-mel spectrogram (torchaudio kaldi fbank, 25 ms / 10 ms)."""
+    """Waveform above its log-mel spectrogram (the ``logmel`` backbone's filterbank, 25 ms / 10 ms)."""
     import torch
-    import torchaudio
+
+    from emi_lib.features.backbones import MIN_SAMPLES, LogMel
 
     fig, axes = plt.subplots(2, 1, figsize=(10, 4.8), sharex=False)
     t = np.arange(len(wave)) / SAMPLE_RATE
@@ -81,9 +82,8 @@ def plot_wave_and_logmel(wave: np.ndarray, title: str = "", n_mels: int = 64):
     axes[0].set_xlim(0, t[-1] if len(t) else 1)
     axes[0].set_ylabel("amplitude")
     axes[0].set_title(title)
-    if len(wave) >= 400:
-        fb = torchaudio.compliance.kaldi.fbank(torch.from_numpy(wave).float()[None] * 32768, num_mel_bins=n_mels,
-                                               sample_frequency=SAMPLE_RATE)
+    if len(wave) >= MIN_SAMPLES:
+        fb = LogMel(n_mels)(torch.from_numpy(np.asarray(wave, np.float32)))
         axes[1].imshow(fb.T.numpy(), origin="lower", aspect="auto", cmap="magma",
                        extent=[0, fb.shape[0] / 100, 0, n_mels])
     axes[1].set_xlabel("time (s)")

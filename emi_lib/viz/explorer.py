@@ -26,6 +26,7 @@ from emi_lib.constants import EMOTIONS, SAMPLE_RATE
 from emi_lib.data import DataRoot
 from emi_lib.data.errors import DataError
 from emi_lib.data.media import face_files, load_audio, load_face_crops, load_transcript, load_video_frames
+from emi_lib.features.backbones import MIN_SAMPLES, LogMel
 from emi_lib.viz.timeline import WeightTimeline, fusion_timeline, step_times
 
 COLORS = {"vision": "tab:blue", "audio": "tab:orange", "text": "tab:green"}
@@ -72,15 +73,13 @@ class ClipView:
 
 # ------------------------------------------------------------------------------------------ pure helpers
 def compute_logmel(wave: np.ndarray | None, n_mels: int = 64) -> np.ndarray | None:
-    """Log-mel spectrogram (T, n_mels) at 100 steps/s (torchaudio kaldi fbank, 25 ms / 10 ms); None if too short."""
-    if wave is None or len(wave) < 400:
+    """Log-mel spectrogram (T, n_mels) at 100 steps/s: the ``logmel`` backbone's own filterbank
+    (:class:`~emi_lib.features.backbones.LogMel`, 25 ms / 10 ms); None if shorter than one window."""
+    if wave is None or len(wave) < MIN_SAMPLES:
         return None
     import torch
-    import torchaudio
 
-    fb = torchaudio.compliance.kaldi.fbank(torch.from_numpy(np.asarray(wave, np.float32))[None] * 32768,
-                                           num_mel_bins=n_mels, sample_frequency=SAMPLE_RATE, dither=0.0)
-    return fb.numpy()
+    return LogMel(n_mels)(torch.from_numpy(np.asarray(wave, np.float32))).numpy()
 
 
 def match_ids(ids, query: str) -> list:
