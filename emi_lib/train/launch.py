@@ -269,7 +269,8 @@ def run_stage1(a, ctx) -> dict:
                                seed=a.seed, splits=splits, backbones={m: p[1] for m, p in pairs.items()}, raw=raw,
                                text=text_info, oof=oof, fold_file=fold_file,
                                made_by="python -m emi_lib.train.launch stage1 --export")
-            _log(ctx, f"exported {splits} ({'train out of fold, K=%d' % k if k else 'in fold'}) -> {ex.path}")
+            how = f"train out of fold, K={k}" if k else "in fold"
+            _log(ctx, f"exported {splits} ({how}) -> {ex.path}")
         barrier()
         res["stage1_outputs"] = str(out.resolve() / "stage1_outputs.json")
     return res
