@@ -10,11 +10,11 @@ from emi_lib.data import DataError
 from emi_lib.features.extract import VISION_SOURCES, extract_all
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI; exit status 1 when any clip failed (missing modalities are listed but are not failures),
-    2 on a bad argument, root or backbone."""
+def parser() -> argparse.ArgumentParser:
+    """The options, each with its help text."""
     ap = argparse.ArgumentParser(
-        prog="python -m emi_lib.features.extract", description="Extraction of per-clip features from a data root into a feature store.",
+        prog="python -m emi_lib.features.extract",
+        description="Extraction of per-clip features from a data root into a feature store.",
         epilog="Each clip becomes one float32 (T, D) file STORE/<modality>/<key>/<split>/<id>.npy. A clip that lacks "
                "a modality (no face crops, no audio file, no transcript) gets NO file for it: it is listed as missing "
                "in the printed report and in the split's _meta.json, and downstream code treats it as a clip without "
@@ -49,6 +49,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="a clip whose file is corrupt or unsafe: skip lists it as failed and goes on (exit status 1), "
                          "raise stops at the first one. A missing modality is never an error")
     ap.add_argument("--no-progress", action="store_true", help="no progress bars (the per-split reports still print)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI; exit status 1 when any clip failed (missing modalities are listed but are not failures),
+    2 on a bad argument, root or backbone."""
+    ap = parser()
     a = ap.parse_args(argv)
     if not (a.vision or a.audio or a.text):
         ap.error("give at least one of --vision, --audio, --text")

@@ -86,6 +86,17 @@ def concat_steps(name: str, arrays: list[np.ndarray]) -> np.ndarray:
 RAW_MODALITIES: tuple[str, ...] = ("vision", "audio")
 
 
+def parse_stream(spec: str, default_modality: str) -> tuple[str, str]:
+    """A stream named on a command line -> ``(modality, backbone)``: ``"vision/openclip-tiny"`` ->
+    ``("vision", "openclip-tiny")``; a bare name gets ``default_modality``. Only the first ``/`` splits, and only
+    after a modality name (backbone names such as ``openclip:ViT-B-32/openai`` keep theirs)."""
+    head, sep, tail = spec.partition("/")
+    known = {"vision", "audio", "text", "vision_aligned", "audio_aligned", "vision_clip", "audio_clip"}
+    if sep and (head in known or head.endswith(("_aligned", "_clip"))):
+        return head, tail
+    return default_modality, spec
+
+
 def _parts(modality: str, backbone: str) -> list[str]:
     return split_composite(backbone) if modality in RAW_MODALITIES else [backbone]
 
@@ -155,3 +166,32 @@ class FeatureStore:
         file raises :class:`DataError` (use :meth:`done_ids` to see what exists)."""
         ids = sorted(self.done_ids(modality, backbone, split)) if ids is None else list(ids)
         return {cid: self.read(modality, backbone, split, cid) for cid in ids}
+
+
+def check_coverage(store, pair, split: str, ids, packed=None) -> None:
+    """Raise ``ValueError`` unless the stream ``pair`` = (modality, key) was produced for every clip of ``ids``:
+    stored, or listed by its extraction as missing or failed (``_meta.json``; a concatenation ``a+b``: by each
+    part). With ``packed``, every id must be listed in ``packed/<modality>/<key>/<split>`` (a packed store lists
+    the clips that lack the stream with length 0)."""
+    from emi_lib.features.extract import META_NAME
+
+    mod, key = pair
+    ids = set(ids)
+    if packed is not None:
+        from emi_lib.features.packed import PackedStore
+
+        folder = Path(packed) / mod / key / split
+        listed = set(PackedStore(folder)) if (folder / "index.json").exists() else set()
+        where = folder
+    else:
+        listed, where = store.done_ids(mod, key, split), store.folder(mod, key, split)
+        for part in split_composite(key) if mod in RAW_MODALITIES else [key]:
+            meta = store.folder(mod, part, split) / META_NAME
+            if meta.exists():  # clips the extraction found without the modality (or failing) are accounted for
+                info = json.loads(meta.read_text())
+                listed |= (set(info.get("missing", {})) | set(info.get("failed", {}))) & ids
+    lacking = sorted(ids - listed)
+    if lacking:
+        raise ValueError(f"{where}: {mod}/{key} has no {split} features for {len(lacking)} of {len(ids)} clips "
+                         f"(e.g. {lacking[:5]}): extract (python -m emi_lib.features.extract ... --splits {split}) "
+                         "or export (launch stage1 --export) them first")

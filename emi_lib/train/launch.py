@@ -64,13 +64,10 @@ LABEL_PROMPT = "[label_prompt]"
 
 
 def stream(spec: str, default_modality: str) -> tuple[str, str]:
-    """``"vision/openclip-tiny"`` -> ``("vision", "openclip-tiny")``; a bare name gets ``default_modality``.
-    Only the first ``/`` splits (backbone names such as ``openclip:ViT-B-32/openai`` keep theirs)."""
-    head, sep, tail = spec.partition("/")
-    known = {"vision", "audio", "text", "vision_aligned", "audio_aligned", "vision_clip", "audio_clip"}
-    if sep and (head in known or head.endswith(("_aligned", "_clip"))):
-        return head, tail
-    return default_modality, spec
+    """``MODALITY/BACKBONE`` -> ``(modality, backbone)``: :func:`emi_lib.features.store.parse_stream`."""
+    from emi_lib.features.store import parse_stream
+
+    return parse_stream(spec, default_modality)
 
 
 def _log(ctx, msg: str) -> None:
@@ -116,12 +113,12 @@ def _same_record(out: Path, new: dict) -> None:
 def run_stage2(a, ctx) -> dict:
     from emi_lib.data import DataRoot
     from emi_lib.eval.metrics import challenge_score
-    from emi_lib.features.store import FeatureStore
+    from emi_lib.features.store import FeatureStore, check_coverage
     from emi_lib.train.budgets import stage2_config
     from emi_lib.train.checkpoint import atomic_write_json, atomic_write_text
     from emi_lib.train.distributed import barrier
     from emi_lib.train.inputs import Standardizer, build_split, load_priors
-    from emi_lib.train.predict import check_coverage, run_record, write_run_record
+    from emi_lib.train.predict import run_record, write_run_record
     from emi_lib.train.stage2 import predict, train_stage2
 
     data, raw_store = DataRoot(a.root), FeatureStore(a.store)
@@ -192,12 +189,11 @@ def _frame_rate(store, modality: str, key: str) -> float | None:
 
 def run_stage1(a, ctx) -> dict:
     from emi_lib.data import DataRoot
-    from emi_lib.features.store import FeatureStore
+    from emi_lib.features.store import FeatureStore, check_coverage
     from emi_lib.features.text import clip_text
     from emi_lib.models.aligner import AlignerConfig
     from emi_lib.train.checkpoint import atomic_write_text
     from emi_lib.train.distributed import barrier
-    from emi_lib.train.predict import check_coverage
     from emi_lib.train.stage1 import save_aligner, train_aligner
     from emi_lib.train.stage1_export import every_clip, export_stage1, train_oof
     from emi_lib.train.stage1_folds import DEFAULT_FOLDS

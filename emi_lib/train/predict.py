@@ -14,8 +14,8 @@ therefore writes, next to ``config.json`` and ``best.pt``:
 
 :func:`predict_run` reads the record, checks that the root and store it is given (default: the recorded ones)
 are the recorded ones (same resolved paths, same split CSVs; otherwise ``ValueError`` naming both), checks that
-the split's features are there for every clip (:func:`check_coverage`: a split never extracted would otherwise
-be predicted as if every clip lacked both modalities), rebuilds the split with the same builder as training
+the split's features are there for every clip (:func:`~emi_lib.features.store.check_coverage`: a split never
+extracted would otherwise be predicted as if every clip lacked both modalities), rebuilds the split with the same builder as training
 (:func:`emi_lib.train.inputs.build_split`), applies the recorded standardiser, loads ``best.pt``
 (:func:`emi_lib.train.stage2.load_run`: weights only, strict) and predicts every clip. For the test split it
 writes the challenge submission (:func:`emi_lib.eval.submission.write_submission`, then
@@ -32,6 +32,7 @@ import sys
 from pathlib import Path
 
 from emi_lib.constants import SPLIT_CSV, clip_stem
+from emi_lib.features.store import check_coverage
 from emi_lib.train.checkpoint import atomic_write_json
 
 RUN_SCHEMA = "emi.stage2_run/v1"
@@ -47,36 +48,6 @@ def split_fingerprints(root) -> dict:
         if p.exists():
             out[split] = hashlib.sha1(p.read_bytes()).hexdigest()
     return out
-
-
-def check_coverage(store, pair, split: str, ids, packed=None) -> None:
-    """Raise ``ValueError`` unless the stream ``pair`` = (modality, key) was produced for every clip of ``ids``:
-    stored, or listed by its extraction as missing or failed (``_meta.json``; a concatenation ``a+b``: by each
-    part). With ``packed``, every id must be listed in ``packed/<modality>/<key>/<split>`` (a packed store lists
-    the clips that lack the stream with length 0)."""
-    from emi_lib.features.extract import META_NAME
-    from emi_lib.features.store import RAW_MODALITIES, split_composite
-
-    mod, key = pair
-    ids = set(ids)
-    if packed is not None:
-        from emi_lib.features.packed import PackedStore
-
-        folder = Path(packed) / mod / key / split
-        listed = set(PackedStore(folder)) if (folder / "index.json").exists() else set()
-        where = folder
-    else:
-        listed, where = store.done_ids(mod, key, split), store.folder(mod, key, split)
-        for part in split_composite(key) if mod in RAW_MODALITIES else [key]:
-            meta = store.folder(mod, part, split) / META_NAME
-            if meta.exists():  # clips the extraction found without the modality (or failing) are accounted for
-                info = json.loads(meta.read_text())
-                listed |= (set(info.get("missing", {})) | set(info.get("failed", {}))) & ids
-    lacking = sorted(ids - listed)
-    if lacking:
-        raise ValueError(f"{where}: {mod}/{key} has no {split} features for {len(lacking)} of {len(ids)} clips "
-                         f"(e.g. {lacking[:5]}): extract (python -m emi_lib.features.extract ... --splits {split}) "
-                         "or export (launch stage1 --export) them first")
 
 
 def run_record(*, root, store_dir, streams: dict, with_raw: dict | None, stage1, stage1_inputs, priors: bool,
@@ -184,5 +155,5 @@ def predict_run(run_dir, split: str = "test", out=None, root=None, store_dir=Non
     return out, info
 
 
-__all__ = ["RUN_NAME", "RUN_SCHEMA", "STD_NAME", "check_coverage", "predict_run", "read_run_record", "run_record",
+__all__ = ["RUN_NAME", "RUN_SCHEMA", "STD_NAME", "predict_run", "read_run_record", "run_record",
            "split_fingerprints", "write_run_record"]
