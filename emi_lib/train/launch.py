@@ -288,7 +288,7 @@ def parser() -> argparse.ArgumentParser:
     from emi_lib.train.launch_args import add_arguments
 
     ap = argparse.ArgumentParser(prog="python -m emi_lib.train.launch", description=__doc__.split("\n")[0],
-                                 epilog="Run 'python -m emi_lib.train.launch STAGE --help' for a stage's options; "
+                                 epilog="Run 'python -m emi_lib.train.launch STEP --help' for a step's options; "
                                         "the module docstring lists the commands of the whole pipeline.")
     add_arguments(ap, sorted(STAGE1_PROFILES))
     return ap

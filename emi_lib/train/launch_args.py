@@ -33,7 +33,8 @@ def _common(profiles) -> argparse.ArgumentParser:
 
 def add_arguments(ap: argparse.ArgumentParser, profiles) -> None:
     """Add the stage1 / stage2 / predict sub-commands to ``ap``."""
-    sub = ap.add_subparsers(dest="stage", required=True)
+    sub = ap.add_subparsers(dest="stage", required=True, metavar="STEP",
+                            help="stage1 (aligners, --export), stage2 (fusion model) or predict (a submission)")
     common = _common(profiles)
     s2 = sub.add_parser("stage2", parents=[common], help="train the stage-2 fusion model",
                         description="Train the stage-2 fusion model on stored features (raw or a stage-1 export).")
