@@ -201,9 +201,11 @@ class Standardizer:
         with np.load(path, allow_pickle=False) as z:
             out = cls(eps=float(z["eps"]))
             for name in z.files:
-                if name != "eps":
-                    kind, _, m = name.partition("/")
+                kind, _, m = name.partition("/")
+                if kind in ("mean", "std") and m:
                     getattr(out, kind)[m] = z[name]
+                elif name != "eps":
+                    raise ValueError(f"{path}: unexpected entry {name!r} (expected eps, mean/<stream>, std/<stream>)")
         if set(out.mean) != set(out.std) or not out.mean:
             raise ValueError(f"{path}: mean streams {sorted(out.mean)} and std streams {sorted(out.std)} differ or are empty")
         return out

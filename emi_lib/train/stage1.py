@@ -164,7 +164,8 @@ def train_aligner(cfg: AlignerConfig, train_feats: dict, train_text: dict, val_f
     ``val_text2clip_R@1/5``, ``val_chance_R@1``, ``seconds``. ``val_text_keys`` {id: prompt}
     makes retrieval count any clip/text with the same prompt as a hit (see ``retrieval_recall``).
     ``log_epochs`` prints one line per epoch on rank 0 (epoch, train and validation loss, seconds): the
-    command line's record of a run without a progress bar. ``train_labels`` (index = clip ids, six emotion columns) is required when ``cfg.label_aware``."""
+    command line's record of a run without a progress bar. ``train_labels`` (index = clip ids, six emotion
+    columns) is required when ``cfg.label_aware``."""
     from emi_lib.train.distributed import all_gather_with_grad, broadcast_object, context
 
     ctx = context()
