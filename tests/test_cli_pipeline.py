@@ -164,3 +164,13 @@ def test_every_command_line_option_has_help():
     assert lacking(extract_parser()) == []
     assert lacking(launch_parser()) == []
     assert "gets NO file" in extract_parser().format_help()
+
+
+def test_the_command_line_modules_do_not_shadow_the_package_api():
+    """``emi_lib.train.predict`` is stage 2's predict function, also after the command line's modules are imported."""
+    import emi_lib.train
+    import emi_lib.train.launch  # noqa: F401
+    import emi_lib.train.run_record  # noqa: F401
+    from emi_lib.train.stage2 import predict
+
+    assert emi_lib.train.predict is predict

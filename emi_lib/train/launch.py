@@ -36,10 +36,10 @@ split into the store and ``--out/stage1_outputs.json`` (schema ``emi.stage1_outp
 with train statistics (``--no-standardize`` keeps raw values; with ``--packed`` features are read lazily and z-scored
 on the fly), then :func:`~emi_lib.train.stage2.train_stage2` into ``--out`` with the model and budget of
 :func:`emi_lib.train.budgets.stage2_config`. Rank 0 writes the run record (``inputs.json``, ``standardizer.npz``:
-:mod:`emi_lib.train.predict`), ``valid_predictions.csv`` and ``valid_score.json``.
+:mod:`emi_lib.train.run_record`), ``valid_predictions.csv`` and ``valid_score.json``.
 
 **predict** (one process) rebuilds a split's inputs from the run folder alone and writes a validated submission
-(:func:`emi_lib.train.predict.predict_run`).
+(:func:`emi_lib.train.run_record.predict_run`).
 
 ``--profile`` picks the model sizes (smoke: tests and CPU smoke runs; demo; full: real data on GPUs).
 """
@@ -97,7 +97,7 @@ def _stage2_streams(a, raw_store):
 
 def _same_record(out: Path, new: dict) -> None:
     """A resumed run must read the inputs its checkpoint was trained on."""
-    from emi_lib.train.predict import RUN_NAME
+    from emi_lib.train.run_record import RUN_NAME
 
     old_path = out / RUN_NAME
     if not (out / "checkpoint.pt").exists() or not old_path.exists():
@@ -118,7 +118,7 @@ def run_stage2(a, ctx) -> dict:
     from emi_lib.train.checkpoint import atomic_write_json, atomic_write_text
     from emi_lib.train.distributed import barrier
     from emi_lib.train.inputs import Standardizer, build_split, load_priors
-    from emi_lib.train.predict import run_record, write_run_record
+    from emi_lib.train.run_record import run_record, write_run_record
     from emi_lib.train.stage2 import predict, train_stage2
 
     data, raw_store = DataRoot(a.root), FeatureStore(a.store)
@@ -147,7 +147,7 @@ def run_stage2(a, ctx) -> dict:
                         patience=a.patience)
     cfg.device, cfg.ckpt_every_steps, cfg.bucket_by_length = a.device, a.ckpt_every, a.bucket
     out = Path(a.out)
-    if ctx.is_main:  # the run record (emi_lib.train.predict): what predict needs to rebuild these inputs
+    if ctx.is_main:  # the run record (emi_lib.train.run_record): what predict needs to rebuild these inputs
         rec = run_record(root=a.root, store_dir=a.store, streams=streams, with_raw=with_raw, stage1=s1_path,
                          stage1_inputs=a.stage1_inputs, priors=not a.no_priors, standardize=std is not None,
                          packed=a.packed, profile=a.profile)
@@ -273,7 +273,7 @@ def run_stage1(a, ctx) -> dict:
 
 
 def run_predict(a, ctx) -> dict:
-    from emi_lib.train.predict import predict_run
+    from emi_lib.train.run_record import predict_run
 
     if not ctx.is_main:
         return {}
