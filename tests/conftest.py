@@ -11,6 +11,15 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 matplotlib.use("Agg")
 
+# Under pytest-xdist (make test runs two workers) every worker gets its own runs and figures folders: notebooks
+# share a SynthMimic root and a feature store through EMI_RUNS_DIR, and two workers generating or extracting
+# into the same folder at once would race. The nbval kernels inherit this environment.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if _WORKER:
+    for _var in ("EMI_RUNS_DIR", "EMI_FIGURES_DIR"):
+        if os.environ.get(_var) and not os.environ[_var].rstrip("/").endswith(_WORKER):
+            os.environ[_var] = os.path.join(os.environ[_var], _WORKER)
+
 
 @pytest.fixture(scope="session", autouse=True)
 def one_torch_thread():

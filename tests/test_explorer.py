@@ -5,6 +5,7 @@ steps per second), so no feature extraction runs here; the model is a tiny untra
 
 from __future__ import annotations
 
+import json
 import shutil
 from types import SimpleNamespace
 
@@ -195,12 +196,23 @@ def test_explorer_widget_interaction(smoke_root, inputs):
     assert ex.view(target) is ex.view(target)  # decoded once
 
 
-def _with_provenance(inputs, fingerprint="f1", streams=("vision", "fake")):
-    prov = {"data": {"data_root": f"/roots/{fingerprint}", "kind": "files", "fingerprint": fingerprint},
-            "kind": "raw", "streams": {"vision": list(streams), "audio": ["audio", "fake"]},
-            "raw_streams": {"vision": list(streams), "audio": ["audio", "fake"]}, "with_raw": False, "text": None,
-            "standardized": True}
-    return SimpleNamespace(sets=inputs.sets, dims=inputs.dims, provenance=lambda: prov)
+def _fake_root(path, seed):
+    (path / "synthmimic").mkdir(parents=True, exist_ok=True)
+    (path / "synthmimic" / "manifest.json").write_text(json.dumps({"generator": "SynthMimic", "seed": seed}))
+    return path
+
+
+def _with_provenance(inputs, root, streams=("vision", "fake")):
+    """Inputs as prepare_stage2_inputs returns them (the fields a run record and its check read)."""
+    from emi_lib.train.inputs import Stage2Inputs
+
+    ns = SimpleNamespace(sets=inputs.sets, dims=inputs.dims, root=root, kind="raw", note="test", stage1=None,
+                         store=SimpleNamespace(root=root / "store"), raw_store=SimpleNamespace(root=root / "store"),
+                         streams={"vision": streams, "audio": ("audio", "fake")},
+                         raw_streams={"vision": streams, "audio": ("audio", "fake")}, with_raw=None, text_pair=None,
+                         standardizer=None)
+    ns.provenance = lambda: Stage2Inputs.provenance(ns)
+    return ns
 
 
 def test_resolve_model_reuses_a_run_of_the_same_inputs_else_trains(tmp_path, inputs, monkeypatch):
@@ -208,7 +220,8 @@ def test_resolve_model_reuses_a_run_of_the_same_inputs_else_trains(tmp_path, inp
     from emi_lib.paths import model_run_dir, stage_run_dir
 
     monkeypatch.setenv("EMI_RUNS_DIR", str(tmp_path / "runs"))
-    mine = _with_provenance(inputs)
+    root_a, root_b = _fake_root(tmp_path / "root_a", 0), _fake_root(tmp_path / "root_b", 1)
+    mine = _with_provenance(inputs, root_a)
     model, source, why = resolve_model("smoke", mine, tmp_path / "a", seed=0)
     assert source == "trained here" and "no notebook-02 model" in why
     run = tmp_path / "a" / "model_trained_here"
@@ -218,16 +231,17 @@ def test_resolve_model_reuses_a_run_of_the_same_inputs_else_trains(tmp_path, inp
     a, b = predict(model, inputs.sets["test"])[0], predict(model2, inputs.sets["test"])[0]
     pd.testing.assert_frame_equal(a, b)
     # a model of another data root (same ids, same dims): an explicit MODEL_RUN is refused, naming both roots
-    other_root = _with_provenance(inputs, fingerprint="f2")
-    with pytest.raises(ProvenanceError, match="/roots/f1.*/roots/f2"):
+    other_root = _with_provenance(inputs, root_b)
+    with pytest.raises(ProvenanceError, match="root_a.*root_b"):
         resolve_model("smoke", other_root, tmp_path / "c", model_run=run)
     # ... and the default (notebook 02's folder) falls back to training here, saying why
     nb02 = model_run_dir(stage_run_dir("smoke", "02_stage2_fusion_training"), "full")
     shutil.copytree(run, nb02)
     _, source3, why3 = resolve_model("smoke", other_root, tmp_path / "d")
-    assert source3 == "trained here" and "/roots/f1" in why3 and "/roots/f2" in why3
+    assert source3 == "trained here" and "root_a" in why3 and "root_b" in why3
     # other streams (same dims, other features): refused
     with pytest.raises(ProvenanceError, match="was trained on"):
-        resolve_model("smoke", _with_provenance(inputs, streams=("vision", "other")), tmp_path / "e", model_run=run)
+        resolve_model("smoke", _with_provenance(inputs, root_a, streams=("vision", "other")), tmp_path / "e",
+                      model_run=run)
     with pytest.raises(FileNotFoundError, match="no best.pt"):
         resolve_model("smoke", mine, tmp_path / "f", model_run=tmp_path / "none")

@@ -20,10 +20,10 @@ from emi_lib.features.extract import (
     META_NAME,
     extract_all,
     extract_split,
-    main,
     read_meta,
     store_backbone,
 )
+from emi_lib.features.extract_cli import main
 from emi_lib.features.store import FeatureStore
 
 N_PLAIN = 5  # clips with every modality, besides those lacking one, in the smoke subset

@@ -1,5 +1,5 @@
 """The stage-2 command-line entry point (``python -m emi_lib.train.launch stage2``) in one process:
-the same model and budget as the notebooks (emi_lib.train.budgets), a scored run folder, clear errors."""
+the same model and budget as the notebooks (emi_lib.train.config), a scored run folder, clear errors."""
 
 from __future__ import annotations
 
@@ -90,3 +90,33 @@ def test_standardizer_is_the_same_on_lazy_stores(smoke_root, tmp_path):
     np.testing.assert_allclose(eager.vision[cid], lazy.vision[cid], atol=1e-5)
     z = np.concatenate([lazy.audio[i] for i in lazy.ids])
     np.testing.assert_allclose(z.mean(0), 0, atol=1e-5)
+
+
+def test_predict_refuses_a_split_that_was_never_extracted(smoke_root, tmp_path, capsys):
+    """The fake store holds train/valid only: predicting test must say so, not predict clips without features."""
+    _fill_store(smoke_root, tmp_path / "store")
+    out = tmp_path / "run"
+    assert main(["stage2", "--root", str(smoke_root), "--store", str(tmp_path / "store"), "--vision", "vision/fake",
+                 "--audio", "audio/fake", "--out", str(out), "--profile", "smoke", "--epochs", "1", "--no-progress",
+                 "--device", "cpu", "--no-priors"]) == 0
+    rec = json.loads((out / "inputs.json").read_text())
+    assert rec["priors"] is False and rec["stage1"] is None and rec["streams"]["vision"] == ["vision", "fake"]
+    capsys.readouterr()
+    assert main(["predict", "--run", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "/fake has no test features" in err and "extract" in err
+    assert main(["predict", "--run", str(out), "--split", "valid"]) == 0  # a split that was extracted
+    pred = (out / "valid_predictions.csv").read_text().splitlines()
+    assert pred[0].startswith("Filename,Admiration") and len(pred) == 1 + len(DataRoot(smoke_root).ids("valid"))
+    assert np.isfinite(json.loads((out / "valid_predictions.json").read_text())["score"]["mean"])
+
+
+def test_resuming_a_run_on_other_inputs_is_refused(smoke_root, tmp_path, capsys):
+    _fill_store(smoke_root, tmp_path / "store")
+    args = ["stage2", "--root", str(smoke_root), "--store", str(tmp_path / "store"), "--vision", "vision/fake",
+            "--audio", "audio/fake", "--out", str(tmp_path / "run"), "--profile", "smoke", "--epochs", "1",
+            "--no-progress", "--device", "cpu", "--no-priors"]
+    assert main(args) == 0
+    assert main([*args, "--no-standardize"]) == 2
+    assert "standardizer" in capsys.readouterr().err
+    assert main([*args, "--no-standardize", "--fresh"]) == 0

@@ -58,6 +58,8 @@ def _files_digest(root: Path) -> str:
         if p.exists():
             h.update(p.read_bytes())
     for base in sorted({(root / rel).parent for rel in SPLIT_CSV.values()}):
+        if not base.is_dir():
+            continue
         for sub in sorted(p for p in base.iterdir() if p.is_dir() and p.name not in ("synthmimic", "test_data")):
             h.update(f"[{sub.relative_to(root)}]\n".encode())
             _listing(sub, h, count_only=sub.name == "face_images")

@@ -12,7 +12,7 @@ from pathlib import Path
 from emi_lib.data.fingerprint import ProvenanceError
 from emi_lib.paths import model_run_dir, stage_run_dir
 from emi_lib.train.config import stage2_config
-from emi_lib.train.inputs import check_run_inputs, record_run_inputs
+from emi_lib.train.run_record import check_run_inputs, record_run_inputs
 from emi_lib.train.stage2 import load_run, train_stage2
 
 
@@ -41,5 +41,5 @@ def resolve_model(profile: str, inputs, out_dir, *, model_run=None, seed: int = 
     shutil.rmtree(run, ignore_errors=True)
     cfg = stage2_config("smoke", dims, seed=seed, n_train=len(inputs.sets["train"]))
     model, _ = train_stage2(cfg, inputs.sets["train"], inputs.sets["valid"], run, progress=False, resume=False)
-    record_run_inputs(run, inputs)
+    record_run_inputs(run, inputs, "smoke")
     return model.eval(), "trained here", f"{why}: trained a small model here (smoke budget, {run})"

@@ -68,11 +68,9 @@ followed by a barrier. With ``on_error="raise"`` a failing rank raises and torch
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import sys
 import time
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -94,17 +92,16 @@ from emi_lib.features.extract_sources import (
     clip_stride,
     prefetch,
 )
-from emi_lib.features.store import FeatureStore, backbone_key, split_composite
+from emi_lib.features.store import META_NAME, FeatureStore, backbone_key, split_composite
 
 log = logging.getLogger(__name__)
 
 __all__ = ["META_NAME", "OFFICIAL", "OFFICIAL_FOLDERS", "VISION_SOURCES", "ExtractionReport", "clip_stride",
-           "extract_all", "extract_split", "main", "read_meta", "store_backbone"]
+           "extract_all", "extract_split", "read_meta", "store_backbone"]
 
 VISION_SOURCES: tuple[str, ...] = ("faces", "video")
 #: the keyword arguments of extract_split that are part of the store name (:func:`store_backbone`)
 _NAME_OPTIONS = ("vision_source", "text_source", "max_frames", "frame_stride", "face_size")
-META_NAME: str = "_meta.json"
 #: A leftover ``<id>.npy.tmp`` older than this (seconds) is removed at the start of a run.
 STALE_TMP_S: float = 60.0
 
@@ -536,50 +533,7 @@ def extract_all(root, store, vision_backbone: str | None = None, audio_backbone:
     return reports
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI; exit status 1 when any clip failed (missing modalities are listed but are not failures),
-    2 on a bad argument, root or backbone."""
-    ap = argparse.ArgumentParser(prog="python -m emi_lib.features.extract", description=__doc__.split("\n")[0])
-    ap.add_argument("root", help="data root (Hume-Vidmimic2 layout)")
-    ap.add_argument("--store", required=True, help="feature store folder")
-    ap.add_argument("--vision", help="vision backbone, e.g. openclip-tiny, openclip:ViT-B-32/openai, official")
-    ap.add_argument("--audio", help="audio backbone, e.g. logmel, wav2vec2-tiny, hf:<model>[@layer], official")
-    ap.add_argument("--text", help="text backbone, e.g. minilm, openclip-tiny")
-    ap.add_argument("--splits", nargs="+", help="default: every split whose CSV exists")
-    ap.add_argument("--vision-source", choices=VISION_SOURCES, default="faces")
-    ap.add_argument("--text-source", choices=("transcript", "label_prompt"), default="transcript")
-    ap.add_argument("--max-frames", type=int)
-    ap.add_argument("--frame-stride", type=int, default=1)
-    ap.add_argument("--face-size", type=int)
-    ap.add_argument("--batch-clips", type=int, default=8)
-    ap.add_argument("--workers", type=int, default=1)
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--on-error", choices=("skip", "raise"), default="skip")
-    ap.add_argument("--no-progress", action="store_true")
-    a = ap.parse_args(argv)
-    if not (a.vision or a.audio or a.text):
-        ap.error("give at least one of --vision, --audio, --text")
-    from emi_lib.distributed import cleanup, init_distributed
-    from emi_lib.features.weights import WeightsUnavailableError
+if __name__ == "__main__":  # the command line lives in emi_lib.features.extract_cli (run, not imported: no cycle)
+    import runpy
 
-    ctx = init_distributed(device=a.device)  # under torchrun: one process group, clips sharded by rank
-    device = str(ctx.device) if ctx.distributed and a.device == "cuda" else a.device
-    try:
-        reports = extract_all(a.root, a.store, a.vision, a.audio, a.text, a.splits, device=device,
-                              verbose=ctx.is_main, vision_source=a.vision_source, text_source=a.text_source,
-                              max_frames=a.max_frames, frame_stride=a.frame_stride, face_size=a.face_size,
-                              batch_clips=a.batch_clips, workers=a.workers, on_error=a.on_error,
-                              progress=not a.no_progress and ctx.is_main)
-    except (DataError, ValueError, WeightsUnavailableError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        cleanup(wait=False)
-        return 2
-    except BaseException:
-        cleanup(wait=False)
-        raise
-    cleanup()
-    return 1 if any(r.n_failed for r in reports.values()) else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    runpy.run_module("emi_lib.features.extract_cli", run_name="__main__", alter_sys=True)

@@ -46,6 +46,8 @@ from emi_lib.paths import feature_store_dir
 
 #: the provenance record of a store
 PROVENANCE_NAME = "store.json"
+#: what an extraction run records per split (``<store>/<modality>/<key>/<split>/_meta.json``)
+META_NAME: str = "_meta.json"
 STORE_SCHEMA = "emi.feature_store/v1"
 
 
@@ -98,6 +100,17 @@ def concat_steps(name: str, arrays: list[np.ndarray]) -> np.ndarray:
 
 #: Modalities whose backbone names may be concatenations (``a+b``), joined on read.
 RAW_MODALITIES: tuple[str, ...] = ("vision", "audio")
+
+
+def parse_stream(spec: str, default_modality: str) -> tuple[str, str]:
+    """A stream named on a command line -> ``(modality, backbone)``: ``"vision/openclip-tiny"`` ->
+    ``("vision", "openclip-tiny")``; a bare name gets ``default_modality``. Only the first ``/`` splits, and only
+    after a modality name (backbone names such as ``openclip:ViT-B-32/openai`` keep theirs)."""
+    head, sep, tail = spec.partition("/")
+    known = {"vision", "audio", "text", "vision_aligned", "audio_aligned", "vision_clip", "audio_clip"}
+    if sep and (head in known or head.endswith(("_aligned", "_clip"))):
+        return head, tail
+    return default_modality, spec
 
 
 def _parts(modality: str, backbone: str) -> list[str]:

@@ -198,6 +198,36 @@ class Standardizer:
                 setattr(data, m, {k: ((a - mu) / sd).astype(np.float32) if np.size(a) else a for k, a in src.items()})
         return data
 
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the statistics to ``path`` (``.npz``: ``mean/<stream>``, ``std/<stream>``, ``eps``; atomic), so a
+        trained model's inputs can be rebuilt exactly (``python -m emi_lib.train.launch predict``)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"{k}/{m}": np.asarray(v, dtype=np.float64) for k in ("mean", "std") for m, v in getattr(self, k).items()}
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "wb") as fh:
+            np.savez(fh, eps=np.float64(self.eps), **arrays)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Standardizer:
+        """Inverse of :meth:`save` (no pickle); a missing file or a stream without both statistics raises."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"no standardiser statistics at {path}")
+        with np.load(path, allow_pickle=False) as z:
+            out = cls(eps=float(z["eps"]))
+            for name in z.files:
+                kind, _, m = name.partition("/")
+                if kind in ("mean", "std") and m:
+                    getattr(out, kind)[m] = z[name]
+                elif name != "eps":
+                    raise ValueError(f"{path}: unexpected entry {name!r} (expected eps, mean/<stream>, std/<stream>)")
+        if set(out.mean) != set(out.std) or not out.mean:
+            raise ValueError(f"{path}: mean streams {sorted(out.mean)} and std streams {sorted(out.std)} differ or are empty")
+        return out
+
 
 @dataclass
 class Stage2Inputs:
@@ -267,12 +297,29 @@ def _with_raw(aligned: dict, raw: dict, ids, name: str) -> dict:
     return out
 
 
-def _build_split(root, store, streams, raw_store, text_pair, split, labels, ids, with_raw=None) -> Stage2Data:
-    d = Stage2Data.from_store(store, split, vision=streams["vision"], audio=streams["audio"], labels=labels,
-                              priors=load_priors(root, raw_store, split), ids=ids)
+def build_split(root, store, streams, split, *, raw_store=None, labels=None, ids=None, with_raw=None,
+                text_pair=None, priors: bool = True, packed=None) -> Stage2Data:
+    """One split's :class:`~emi_lib.train.data.Stage2Data` as every stage-2 caller builds it (notebooks 02-04
+    through :func:`prepare_stage2_inputs`, ``python -m emi_lib.train.launch stage2`` and ``predict``): the
+    ``streams`` {"vision"/"audio": (modality, key)} read from ``store``; with ``with_raw`` {m: (modality,
+    backbone)} each step joined to its raw backbone step from ``raw_store`` (stage-1 inputs "aligned+raw");
+    the media-only priors cached in ``raw_store`` (:func:`load_priors`; ``priors=False``: none) with the
+    detected-face share folded in (:func:`with_detected_faces`); the text embedding when ``text_pair``.
+    ``packed``: read the streams lazily from ``packed/<modality>/<key>/<split>`` instead (no ``with_raw``)."""
+    raw_store = store if raw_store is None else raw_store
+    pri = load_priors(root, raw_store, split) if priors else None
+    if packed is not None:
+        if with_raw:
+            raise ValueError("packed stores hold one stream each: stage-1 inputs 'aligned+raw' need per-clip stores")
+        d = Stage2Data.from_packed(*(Path(packed) / streams[m][0] / streams[m][1] / split for m in ("vision", "audio")),
+                                   labels=labels, priors=pri, ids=ids)
+    else:
+        d = Stage2Data.from_store(store, split, vision=streams["vision"], audio=streams["audio"], labels=labels,
+                                  priors=pri, ids=ids)
     for m, pair in (with_raw or {}).items():  # stage-1 inputs "aligned+raw"
         setattr(d, m, _with_raw(getattr(d, m), raw_store.load_split(*pair, split), d.ids, f"{m} raw+aligned"))
-    d.priors = with_detected_faces(d.priors, d.vision)
+    if d.priors is not None:
+        d.priors = with_detected_faces(d.priors, d.vision)
     if text_pair:
         d.text = {k: v.reshape(-1) for k, v in raw_store.load_split(*text_pair, split).items()}
     return d
@@ -305,8 +352,8 @@ def prepare_stage2_inputs(root: str | os.PathLike, profile: str, *, stage1: str 
     if stage1_inputs not in STAGE1_INPUTS:
         raise ValueError(f"stage1_inputs must be one of {STAGE1_INPUTS}, got {stage1_inputs!r}")
     with_raw = raw_streams if kind == "stage1" and stage1_inputs == "aligned+raw" else None
-    sets = {s: _build_split(root, store, streams, raw_store, text_pair, s, labels.get(s), data.ids(s), with_raw)
-            for s in splits}
+    sets = {s: build_split(root, store, streams, s, raw_store=raw_store, labels=labels.get(s), ids=data.ids(s),
+                           with_raw=with_raw, text_pair=text_pair) for s in splits}
     std = Standardizer.fit(sets["train"]) if standardize else None
     if std is not None:
         for d in sets.values():
@@ -353,39 +400,8 @@ def inputs_for_root(new_root: str | os.PathLike, like: Stage2Inputs, profile: st
                 write_aligned(raw_store, export_aligned(aligner, feats), mod, key, split,
                               clip_modality=f"{m}_aligned_clip")
             record.write_text(json.dumps(source, indent=1))
-    d = _build_split(new_root, raw_store, streams, raw_store, like.text_pair, split, None, data.ids(split),
-                     like.with_raw)
+    d = build_split(new_root, raw_store, streams, split, ids=data.ids(split), with_raw=like.with_raw,
+                    text_pair=like.text_pair)
     if like.standardizer is not None:
         like.standardizer.apply(d)
     return d
-
-
-#: what a stage-2 run folder records about its inputs (written by :func:`record_run_inputs`)
-RUN_INPUTS_NAME = "inputs.json"
-
-
-def record_run_inputs(folder: str | os.PathLike, inputs: Stage2Inputs) -> Path:
-    """Write ``<folder>/inputs.json``: the provenance of the inputs a stage-2 model was trained on
-    (:meth:`Stage2Inputs.provenance`). Every reader of the model (notebook 04, the CLI) checks it."""
-    path = Path(folder) / RUN_INPUTS_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"schema": "emi.run_inputs/v1", **inputs.provenance()}, indent=1, default=str))
-    return path
-
-
-def check_run_inputs(folder: str | os.PathLike, inputs: Stage2Inputs) -> str | None:
-    """Why the model in ``folder`` does not fit ``inputs`` (another data root or a regenerated one, other
-    streams, other z-scoring), or None when it does. A folder without ``inputs.json`` cannot be checked:
-    that is a reason too."""
-    path = Path(folder) / RUN_INPUTS_NAME
-    if not path.exists():
-        return f"{path} does not exist: the model's inputs are unknown"
-    rec, mine = json.loads(path.read_text()), inputs.provenance()
-    try:
-        check_same_root(rec.get("data"), mine["data"], f"the model in {folder}")
-    except ProvenanceError as err:
-        return str(err)
-    for key in ("kind", "streams", "raw_streams", "with_raw", "text", "standardized"):
-        if rec.get(key) != mine[key]:
-            return f"the model in {folder} was trained on {key}={rec.get(key)}, these inputs have {mine[key]}"
-    return None

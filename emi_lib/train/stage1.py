@@ -156,14 +156,16 @@ def _param_groups(model, weight_decay: float):
 
 def train_aligner(cfg: AlignerConfig, train_feats: dict, train_text: dict, val_feats: dict | None = None,
                   val_text: dict | None = None, train_labels: pd.DataFrame | None = None, progress: bool = True,
-                  val_text_keys: dict | None = None) -> tuple[ModalityTextAligner, pd.DataFrame]:
+                  val_text_keys: dict | None = None, log_epochs: bool = False) -> tuple[ModalityTextAligner, pd.DataFrame]:
     """Train one modality-text aligner; returns ``(model, history)`` with the model in eval mode on the CPU.
 
     ``history`` has one row per epoch (row 0 = before training): ``train_loss``, ``val_loss``,
     ``logit_scale`` (raw), ``scale`` (exp), ``temperature`` (1/exp), ``val_clip2text_R@1/5``,
     ``val_text2clip_R@1/5``, ``val_chance_R@1``, ``seconds``. ``val_text_keys`` {id: prompt}
     makes retrieval count any clip/text with the same prompt as a hit (see ``retrieval_recall``).
-    ``train_labels`` (index = clip ids, six emotion columns) is required when ``cfg.label_aware``."""
+    ``log_epochs`` prints one line per epoch on rank 0 (epoch, train and validation loss, seconds): the
+    command line's record of a run without a progress bar. ``train_labels`` (index = clip ids, six emotion
+    columns) is required when ``cfg.label_aware``."""
     from emi_lib.distributed import all_gather_with_grad, broadcast_object, context
 
     ctx = context()
@@ -243,6 +245,9 @@ def train_aligner(cfg: AlignerConfig, train_feats: dict, train_text: dict, val_f
         h = history[-1]
         bar.set_postfix(loss=f"{h['train_loss']:.3f}", val=f"{h.get('val_loss', float('nan')):.3f}",
                         T=f"{h['temperature']:.3f}")
+        if log_epochs and rank == 0:
+            print(f"stage 1 {cfg.modality}-text epoch {epoch}/{cfg.epochs}: train loss {h['train_loss']:.4f}, "
+                  f"val loss {h.get('val_loss', float('nan')):.4f}, {h['seconds']:.1f} s", flush=True)
         if has_val and cfg.patience:
             if h["val_loss"] < best - 1e-6:
                 best, stale = h["val_loss"], 0

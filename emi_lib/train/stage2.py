@@ -295,11 +295,12 @@ def _check_resumable(saved: dict, cfg: Stage2Config, path: Path) -> None:
 
 def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data, run_dir, progress: bool = True,
                  resume: bool = True, rank: int | None = None, world_size: int | None = None,
-                 stop_after_steps: int | None = None):
+                 stop_after_steps: int | None = None, log_epochs: bool = False):
     """Train (or resume) a stage-2 run in ``run_dir``; returns ``(model, history)`` (module docstring).
 
     ``stop_after_steps`` raises :class:`TrainingInterrupted` after that many optimiser steps (global
-    count) without writing anything more: a test hook that simulates a kill."""
+    count) without writing anything more: a test hook that simulates a kill. ``log_epochs`` prints one line per
+    epoch on rank 0 (epoch, train loss, validation mean PCC, seconds), for runs without a progress bar."""
     from tqdm.auto import tqdm
 
     rank, world = _dist(rank, world_size)
@@ -439,6 +440,9 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
         barrier()  # the other ranks wait for rank 0's files
         ebar.update()
         ebar.set_postfix(val_pcc=f"{score['mean']:.4f}", best=f"{st['best_score']:.4f}")
+        if log_epochs and main:
+            print(f"stage 2 epoch {epoch + 1}/{cfg.epochs}: train loss {row['train_loss']:.4f}, val mean PCC "
+                  f"{score['mean']:.4f} (best {st['best_score']:.4f}), {row['epoch_time_s']:.1f} s", flush=True)
     ebar.close()
     if cfg.restore_best:  # rank 0 reads best.pt and broadcasts it: every rank ends with the same weights
         best = load_checkpoint(best_path)["model"] if main and best_path.exists() else None

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import multiprocessing as mp
 import os
@@ -164,8 +165,14 @@ def ensure_synthmimic(out_dir: str | os.PathLike, profile: str = "demo", seed: i
     """
     cfg = SynthConfig.from_profile(profile, seed=seed, **overrides)
     want = ["train", "valid", "test"] if splits is None else [s for s in ("train", "valid", "test") if s in splits]
-    man = read_manifest(out_dir)
-    if (man is None or man.get("version") != GENERATOR_VERSION or man.get("config") != _json_safe(asdict(cfg))
-            or man.get("splits", ["train", "valid", "test"]) != want):
-        generate(out_dir, cfg, workers=workers, progress=progress, splits=want)
-    return Path(out_dir)
+    out = Path(out_dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # one generator at a time per root: two notebooks (or grid runs) asking for the same root at once would
+    # otherwise both write into it; the second waits and then finds the first one's root
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        man = read_manifest(out)
+        if (man is None or man.get("version") != GENERATOR_VERSION or man.get("config") != _json_safe(asdict(cfg))
+                or man.get("splits", ["train", "valid", "test"]) != want):
+            generate(out, cfg, workers=workers, progress=progress, splits=want)
+    return out
