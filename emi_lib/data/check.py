@@ -227,21 +227,11 @@ def _sample(rng: random.Random, ids: list[str], k: int) -> list[str]:
     return ids if len(ids) <= k else sorted(rng.sample(ids, k))
 
 
-def check_root(root, sample: int = 50, seed: int = 0, progress: bool = False) -> CheckReport:
-    """Audit a data root (see the module docstring) and return a :class:`CheckReport`."""
-    from tqdm.auto import tqdm
-
-    t0 = time.perf_counter()
-    rep = CheckReport(root=str(root), sample=sample, seed=seed)
-    try:
-        dr = DataRoot(root)
-    except DataError as err:
-        rep.add("data root", str(err), path=root)
-        return rep
-
-    # ---- split tables
+def _check_split_tables(rep: CheckReport, dr: DataRoot) -> tuple[dict[str, list[str]], set[str]]:
+    """Phase 1: every split CSV validates, and no id is in two splits. Returns ``({split: ids}, splits whose
+    CSV failed)``; a failed CSV's ids are read leniently, a best effort for the later phases."""
     split_ids: dict[str, list[str]] = {}
-    failed: set[str] = set()  # splits whose CSV did not validate: their ids are a best effort
+    failed: set[str] = set()
     for split, rel in SPLIT_CSV.items():
         path = dr.root / rel
         if not path.exists():
@@ -262,8 +252,12 @@ def check_root(root, sample: int = 50, seed: int = 0, progress: bool = False) ->
                 rep.add("id in several splits", f"id {cid} is in both {seen[cid]} and {split}", split, cid)
             else:
                 seen[cid] = split
+    return split_ids, failed
 
-    # ---- index every modality folder once per clip folder
+
+def _index_modalities(rep: CheckReport, dr: DataRoot, split_ids: dict, failed: set) -> dict[Path, dict[str, dict]]:
+    """Phase 2: list every modality folder once per clip folder -> ``{clip folder: {modality: {id: (name,
+    size)}}}``; unexpected names and orphan files (ids in no split) are reported."""
     splits_of_dir: dict[Path, list[str]] = defaultdict(list)
     for split in split_ids:
         splits_of_dir[dr.clip_dir(split)].append(split)
@@ -299,8 +293,14 @@ def check_root(root, sample: int = 50, seed: int = 0, progress: bool = False) ->
         if not index[cdir]:
             rep.add("missing folder", f"no modality folder ({', '.join(MEDIA_FOLDERS.values())}, features) under "
                     f"{cdir}: {', '.join(splits)} cannot be checked", path=cdir)
+    return index
 
-    # ---- every id: existence and size
+
+def _check_clip_files(rep: CheckReport, dr: DataRoot, split_ids: dict, index: dict, progress: bool):
+    """Phase 3: every id of every split has its files, none of zero length (face folders checked by name).
+    Returns ``({(split, modality): ids whose file can be opened}, {(split, id): face-crop names})``."""
+    from tqdm.auto import tqdm
+
     eligible: dict[tuple[str, str], list[str]] = defaultdict(list)
     face_names: dict[tuple[str, str], list[str]] = {}
     bar = tqdm(total=sum(map(len, split_ids.values())), desc="stat files", unit="clip", disable=not progress)
@@ -332,12 +332,19 @@ def check_root(root, sample: int = 50, seed: int = 0, progress: bool = False) ->
                             folder / name)
                 else:
                     eligible[(split, mod)].append(cid)
+    bar.close()
+    return eligible, face_names
 
-    # ---- a seeded sample: open / decode
+
+def _open_sample(rep: CheckReport, dr: DataRoot, eligible: dict, face_names: dict, sample: int, seed: int,
+                 progress: bool) -> None:
+    """Phase 4: open and decode a seeded sample of every (split, modality); feature dims must agree across the
+    sample *and* across splits (a model trained on D=768 cannot read a test set extracted at D=1024)."""
+    from tqdm.auto import tqdm
+
     rng = random.Random(seed)
     dims: dict[tuple[str, str], Counter] = defaultdict(Counter)
     audio_rates: Counter = Counter()
-    bar.close()
     chosen = [(split, mod, cid) for (split, mod), ids in sorted(eligible.items()) for cid in _sample(rng, ids, sample)]
     for split, mod, cid in tqdm(chosen, desc="open sample", unit="file", disable=not progress):
         try:
@@ -349,8 +356,6 @@ def check_root(root, sample: int = 50, seed: int = 0, progress: bool = False) ->
             audio_rates[got] += 1
         elif mod not in MEDIA_FOLDERS:
             dims[(split, mod)][got] += 1
-    # feature dims must agree across the sample *and* across splits (a model trained on D=768
-    # cannot read a test set extracted at D=1024)
     by_mod: dict[str, Counter] = defaultdict(Counter)
     for (split, mod), dcount in dims.items():
         by_mod[mod].update({(split, d): n for d, n in dcount.items()})
@@ -364,6 +369,22 @@ def check_root(root, sample: int = 50, seed: int = 0, progress: bool = False) ->
     if audio_rates:
         rates = ", ".join(f"{sr} Hz x{ch}ch: {n}" for (sr, ch), n in audio_rates.most_common())
         rep.info.append(f"sampled audio formats: {rates} (loaders resample to 16 kHz mono)")
+
+
+def check_root(root, sample: int = 50, seed: int = 0, progress: bool = False) -> CheckReport:
+    """Audit a data root (see the module docstring) and return a :class:`CheckReport`: the split tables, an
+    index of every modality folder, every clip's files, then a seeded sample opened and decoded."""
+    t0 = time.perf_counter()
+    rep = CheckReport(root=str(root), sample=sample, seed=seed)
+    try:
+        dr = DataRoot(root)
+    except DataError as err:
+        rep.add("data root", str(err), path=root)
+        return rep
+    split_ids, failed = _check_split_tables(rep, dr)
+    index = _index_modalities(rep, dr, split_ids, failed)
+    eligible, face_names = _check_clip_files(rep, dr, split_ids, index, progress)
+    _open_sample(rep, dr, eligible, face_names, sample, seed, progress)
     rep.elapsed_s = time.perf_counter() - t0
     return rep
 
