@@ -249,3 +249,18 @@ def test_resume_check_treats_fields_added_later_as_their_default(tmp_path):
         _check_resumable(old, Stage2Config(max_len=16, bucket_by_length=True), tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="lr"):
         _check_resumable({**old, "lr": 0.5}, cfg, tmp_path / "checkpoint.pt")
+
+
+def test_restore_best_without_a_best_checkpoint_raises(splits, tmp_path):
+    train, val = splits
+    flat = val.labels.copy()
+    flat["Joy"] = 0.5  # a constant ground-truth column: every validation mean PCC is NaN, best.pt is never written
+    val_nan = Stage2Data(val.vision, val.audio, labels=flat, priors=val.priors)
+    with pytest.warns(Warning, match="constant"), pytest.raises(RuntimeError, match="every validation") as err:
+        train_stage2(tiny_cfg(epochs=2), train, val_nan, tmp_path / "nan_run", progress=False)
+    assert str(tmp_path / "nan_run") in str(err.value) and "best.pt" in str(err.value)
+    assert not (tmp_path / "nan_run" / "best.pt").exists()
+    with pytest.warns(Warning, match="constant"):
+        _, hist = train_stage2(tiny_cfg(epochs=1, restore_best=False), train, val_nan, tmp_path / "last",
+                               progress=False)
+    assert hist["val_mean_pcc"].isna().all()  # restore_best=False: the last weights, as asked

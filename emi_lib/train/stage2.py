@@ -15,7 +15,9 @@ Paper (arXiv 2503.10603, stage 2) gives no training recipe; everything here is o
 
   with :math:`W` = ``warmup_steps`` (or ``round(warmup_ratio * S)``) and :math:`\rho` = ``min_lr_ratio``;
 - early stopping on the validation mean PCC (``challenge_score`` over the **whole** validation set
-  after each epoch; a NaN score never counts as an improvement), ``patience`` epochs;
+  after each epoch; a NaN score never counts as an improvement), ``patience`` epochs; with
+  ``restore_best`` a run whose every validation score was NaN (so no ``best.pt``) raises ``RuntimeError``
+  rather than returning its last weights as if they were the best;
 - optional (off by default): modality dropout and feature-level face / audio corruptions of the
   training batches (:mod:`emi_lib.train.augment`, drawn from a generator seeded by (seed, epoch,
   step), never in evaluation), and per-modality auxiliary heads, loss
@@ -118,7 +120,7 @@ class Stage2Config:
     prior_columns: dict = field(default_factory=lambda: {k: list(v) for k, v in PRIOR_COLUMNS.items()})
     # ^ prior-table columns fed per stream when model["use_priors"]; lengths must equal prior_dims
     ckpt_every_steps: int | None = 50  # also checkpoint every this many optimiser steps; None = epochs only
-    restore_best: bool = True  # return (and leave in memory) the best validation weights
+    restore_best: bool = True  # return the best validation weights; RuntimeError when none (every score NaN)
     num_workers: int = 0  # DataLoader workers for training batches (0 = collate in this process)
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:1" ...
     # --- training-time augmentation (emi_lib.train.augment) and auxiliary heads; all off by default ---
@@ -443,8 +445,14 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
     if cfg.restore_best:  # rank 0 reads best.pt and broadcasts it: every rank ends with the same weights
         best = load_checkpoint(best_path)["model"] if main and best_path.exists() else None
         best = broadcast_object(best) if world > 1 else best
-        if best is not None:
-            load_model_state(net, {k: v.to(device) for k, v in best.items()}, str(best_path))
+        if best is None:  # never the last weights in place of the best ones
+            scores = [r["val_mean_pcc"] for r in st["history"]]
+            raise RuntimeError(
+                f"{run_dir}: no best checkpoint ({best_path.name}) was written: every validation score of the "
+                f"{len(scores)} epoch(s) was NaN ({scores}), e.g. a constant prediction or label column, so "
+                "there are no best weights to restore; fix the data or model, or set restore_best=False to keep "
+                "the last weights")
+        load_model_state(net, {k: v.to(device) for k, v in best.items()}, str(best_path))
     history = pd.DataFrame(st["history"]).set_index("epoch", drop=False) if st["history"] else pd.DataFrame()
     history.attrs.update(best_epoch=st["best_epoch"], best_score=st["best_score"],
                          stopped_early=len(st["history"]) < cfg.epochs)
