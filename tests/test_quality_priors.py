@@ -138,3 +138,11 @@ def test_compute_priors_on_a_tiny_root_and_tensors(tmp_path):
     with pytest.raises(KeyError, match="not in the table"):
         priors_to_tensors(priors, ids["train"], {"audio": ["no_such_column"]})
     assert isinstance(priors, pd.DataFrame)
+
+
+def test_priors_to_tensors_refuses_infinite_priors():
+    table = pd.DataFrame({"face_quality": [0.5, np.inf], "audio_quality": [np.nan, 0.2]}, index=["00000", "00001"])
+    with pytest.raises(ValueError, match="00001"):
+        priors_to_tensors(table, ["00000", "00001"])
+    t = priors_to_tensors(table, ["00000"])
+    assert torch.isnan(t["audio"][0, 0])  # NaN (unknown) is kept as NaN, never 0

@@ -264,3 +264,13 @@ def test_restore_best_without_a_best_checkpoint_raises(splits, tmp_path):
         _, hist = train_stage2(tiny_cfg(epochs=1, restore_best=False), train, val_nan, tmp_path / "last",
                                progress=False)
     assert hist["val_mean_pcc"].isna().all()  # restore_best=False: the last weights, as asked
+
+
+def test_training_fits_the_prior_standardisation_on_the_train_clips(splits, run_a):
+    train, _ = splits
+    _, model, _ = run_a
+    for m, col in (("vision", "face_quality"), ("audio", "audio_quality")):
+        known = train.priors[col].dropna()  # clip 0's priors are NaN (unknown): not in the statistics
+        enc = model.fusion.prior_input[m]
+        assert math.isclose(enc.mean.item(), known.mean(), rel_tol=1e-5)
+        assert math.isclose(enc.std.item(), known.std(ddof=0), rel_tol=1e-4)

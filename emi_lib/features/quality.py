@@ -39,7 +39,10 @@ is not the noise floor):
 - ``audio_quality`` :math:`= \mathrm{clip}(\text{SNR}/40\,\text{dB}, 0, 1)`; NaN when there is no audio.
 
 :func:`priors_to_tensors` turns the table into the per-modality prior vectors of the fusion
-(:data:`PRIOR_COLUMNS`: one value per stream by default, matching ``EMIModelConfig.prior_dims``).
+(:data:`PRIOR_COLUMNS`: one value per stream by default, from which ``EMIModelConfig.prior_dims`` takes its
+default). NaN means *unknown* and stays NaN all the way to the fusion, which reads every value with a
+known/unknown indicator (:class:`emi_lib.models.fusion.PriorInput`): an unknown prior is never read as 0,
+which here would mean the worst quality.
 """
 
 from __future__ import annotations
@@ -178,7 +181,8 @@ def compute_priors(root: str | os.PathLike, split: str, ids: Sequence | None = N
     """Face and audio priors of every clip of a split (or ``ids``), indexed by the 5-digit id.
 
     A missing modality gives NaN priors; an unreadable file too, with one warning naming the
-    clips (the fusion treats non-finite priors as 0, and the availability mask does the rest)."""
+    clips (NaN is an *unknown* prior: the fusion gets it as such, :class:`emi_lib.models.fusion.PriorInput`,
+    and the availability mask does the rest)."""
     from tqdm.auto import tqdm
 
     from emi_lib.constants import clip_stem
@@ -214,8 +218,10 @@ def compute_priors(root: str | os.PathLike, split: str, ids: Sequence | None = N
 
 def priors_to_tensors(priors: pd.DataFrame, ids: Sequence,
                       columns: Mapping[str, Sequence[str]] | None = None) -> dict[str, torch.Tensor]:
-    """``{stream: float32 (N, P)}`` in the order of ``ids`` from the prior table; NaN stays NaN (the
-    fusion zeroes non-finite priors). A clip absent from the table gets NaN; an absent column raises."""
+    """``{stream: float32 (N, P)}`` in the order of ``ids`` from the prior table; NaN (unknown) stays NaN
+    (the fusion reads it as unknown, with an indicator: :class:`emi_lib.models.fusion.PriorInput`). A clip
+    absent from the table gets NaN; an absent column raises ``KeyError``; an infinite value raises
+    ``ValueError`` naming the clips (only NaN means unknown)."""
     columns = PRIOR_COLUMNS if columns is None else columns
     ids = [str(i) for i in ids]
     table = priors.copy()
@@ -226,5 +232,11 @@ def priors_to_tensors(priors: pd.DataFrame, ids: Sequence,
         lacking = [c for c in cols if c not in table.columns]
         if lacking:
             raise KeyError(f"prior columns {lacking} (for {stream}) are not in the table: {list(table.columns)}")
-        out[stream] = torch.tensor(table.reindex(ids)[cols].to_numpy(np.float32))
+        values = table.reindex(ids)[cols].to_numpy(np.float64)
+        inf = np.isinf(values).any(1)
+        if inf.any():
+            bad = [i for i, b in zip(ids, inf) if b]
+            raise ValueError(f"prior columns {cols} (for {stream}) hold +-inf for {len(bad)} clip(s), e.g. "
+                             f"{bad[:5]}: a prior is a finite number or NaN (unknown)")
+        out[stream] = torch.tensor(values.astype(np.float32))
     return out

@@ -317,6 +317,8 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
     train_ds, val_ds = _dataset(cfg, train_data), _dataset(cfg, val_data)
     if train_ds.labels is None or val_ds.labels is None:
         raise ValueError("train_data and val_data need labels")
+    if train_ds.priors is not None:  # standardisation of the priors from the training clips (model buffers)
+        net.set_prior_stats(train_ds.priors, cfg.prior_columns)
     decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},

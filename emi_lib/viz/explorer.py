@@ -301,12 +301,21 @@ def resolve_model(profile: str, inputs, out_dir, *, model_run=None, seed: int = 
     feature dims, else a small model trained here on the smoke budget. Returns ``(model, source, why)``."""
     from emi_lib.notebook import stage_run_dir
     from emi_lib.train.budgets import stage2_config
+    from emi_lib.train.checkpoint import CheckpointMismatchError
     from emi_lib.train.stage2 import load_run, train_stage2
 
     folder = Path(model_run) if model_run else stage_run_dir(profile, "02_stage2_fusion_training") / "models" / "full"
     dims = inputs.dims()
+    loaded = None
     if (folder / "best.pt").exists():
-        model, cfg = load_run(folder)
+        try:  # strict: a checkpoint of another model version is refused, with its reason, and a model trained here
+            loaded = load_run(folder)
+        except CheckpointMismatchError as err:
+            why = f"{folder} does not fit this version's model ({err})"
+    else:
+        why = f"no notebook-02 model at {folder}"
+    if loaded is not None:
+        model, cfg = loaded
         m = cfg.model
         # notebook 02 records the feature streams it trained on: same dims is not enough (raw and
         # stage-1 aligned features can have the same size)
@@ -319,8 +328,6 @@ def resolve_model(profile: str, inputs, out_dir, *, model_run=None, seed: int = 
             return model, "notebook 02", f"notebook 02's full model from {folder}"
         else:
             why = f"{folder} expects dims vision {m['vision_dim']} / audio {m['audio_dim']}, inputs have {dims}"
-    else:
-        why = f"no notebook-02 model at {folder}"
     run = Path(out_dir) / "model_trained_here"
     shutil.rmtree(run, ignore_errors=True)
     cfg = stage2_config("smoke", dims, seed=seed, n_train=len(inputs.sets["train"]))
