@@ -10,7 +10,9 @@ from ``synthmimic/corruptions.csv``. Every statistic is ours (the paper publishe
   a video, :math:`n_\text{frames}` falls back to the largest crop number + 1 (crops are numbered by
   frame, so interior gaps still count; missing frames at the end then go unseen).
 - ``face_visible_share``: the share of crops (up to ``max_frames`` evenly spaced ones, resized to
-  96 x 96) **not** flagged as occluded. Occluder heuristic (a flat occluder such as a hand, a card
+  96 x 96) **not** flagged as occluded. A crop that cannot be decoded is not a usable face: it counts as
+  not visible (never as a reason to drop the clip's other crops), and ``face_unreadable`` counts such crops
+  among those read. Occluder heuristic (a flat occluder such as a hand, a card
   or a rectangle has long straight borders; a face's outline, hair line and features are curved
   or short): blur with a 3 x 3 box; gradient :math:`g = \lVert I(p + e) - I(p - e)\rVert_2` over
   R, G, B (0..255) across rows (horizontal edges) and across columns (vertical edges); thin the
@@ -120,8 +122,9 @@ def _video_frames(video_path) -> float:
 
 
 def face_quality(face_dir: str | os.PathLike, video_path: str | os.PathLike | None = None,
-                 n_frames: int | None = None, max_frames: int = 64) -> dict:
-    """Face priors of one clip (module docstring). ``n_frames`` overrides the frame count."""
+                 n_frames: int | None = None, max_frames: int = 64, problems: list | None = None) -> dict:
+    """Face priors of one clip (module docstring). ``n_frames`` overrides the frame count. An unreadable
+    crop counts as an unusable frame (``face_unreadable``); its file and problem are appended to ``problems``."""
     from emi_lib.data import DataError
     from emi_lib.data.media import face_files, load_face_crop
 
@@ -136,13 +139,23 @@ def face_quality(face_dir: str | os.PathLike, video_path: str | os.PathLike | No
         total = _video_frames(video_path)
     if not math.isfinite(total) and files:
         total = float(max(int("".join(c for c in f.stem if c.isdigit())[-9:] or 0) for f in files) + 1)
-    out = {"face_crops": len(files), "video_frames": total}
+    out = {"face_crops": len(files), "video_frames": total, "face_unreadable": 0}
     if not files:
         share = 0.0 if math.isfinite(total) else math.nan
         return {**out, "face_share": share, "face_visible_share": math.nan, "face_quality": share}
     pick = np.unique(np.linspace(0, len(files) - 1, min(len(files), max_frames)).round().astype(int))
-    crops = np.stack([load_face_crop(files[i], FACE_SIZE) for i in pick])
-    visible = float((straight_edge_score(crops) <= STRAIGHT_EDGE_SHARE).mean())
+    crops = []
+    for i in pick:
+        try:
+            crops.append(load_face_crop(files[i], FACE_SIZE))
+        except DataError as err:
+            if err.kind != "unreadable":
+                raise
+            out["face_unreadable"] += 1
+            if problems is not None:
+                problems.append(str(err))
+    n_visible = int((straight_edge_score(np.stack(crops)) <= STRAIGHT_EDGE_SHARE).sum()) if crops else 0
+    visible = n_visible / len(pick)  # an unreadable crop is not a visible face
     share = min(1.0, len(files) / total) if math.isfinite(total) and total > 0 else 1.0
     return {**out, "face_share": share, "face_visible_share": visible, "face_quality": share * visible}
 
@@ -193,12 +206,16 @@ def compute_priors(root: str | os.PathLike, split: str, ids: Sequence | None = N
     rows, problems = {}, []
     for cid in tqdm(ids, desc=f"priors {split}", disable=not progress, leave=False):
         video = dr.video_path(split, cid)
+        bad_crops: list[str] = []
         try:
             face = face_quality(dr.face_dir(split, cid), video if video.exists() else None,
-                                max_frames=max_face_frames)
+                                max_frames=max_face_frames, problems=bad_crops)
         except DataError as err:
             problems.append(f"{cid} face: {err}")
             face = {}
+        if bad_crops:
+            problems.append(f"{cid} face: {len(bad_crops)} unreadable crop(s), counted as unusable frames "
+                            f"(first: {bad_crops[0]})")
         try:
             audio = audio_quality(load_audio(dr.audio_path(split, cid)))
         except DataError as err:
@@ -207,8 +224,10 @@ def compute_priors(root: str | os.PathLike, split: str, ids: Sequence | None = N
             audio = {}
         rows[cid] = {**face, **audio}
     if problems:
-        warnings.warn(f"{len(problems)} unreadable media file(s), priors left NaN: {problems[:5]}", stacklevel=2)
-    cols = ["face_crops", "video_frames", "face_share", "face_visible_share", "face_quality", "audio_seconds",
+        warnings.warn(f"priors {split}: {len(problems)} clip(s) with unreadable media (a clip's unreadable file "
+                      f"leaves its priors NaN, unreadable crops count as unusable frames): {problems[:5]}",
+                      stacklevel=2)
+    cols = ["face_crops", "video_frames", "face_unreadable", "face_share", "face_visible_share", "face_quality", "audio_seconds",
             "audio_level_dbfs", "audio_snr_db", "audio_zero_share", "audio_clip_share", "audio_kurtosis",
             "audio_quality"]
     df = pd.DataFrame.from_dict(rows, orient="index").reindex(index=ids, columns=cols).astype(float)
