@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,10 +40,11 @@ import pandas as pd
 
 from emi_lib.data import DataRoot
 from emi_lib.features.backbones import DEFAULT_BACKBONES
-from emi_lib.features.extract import extract_all
+from emi_lib.features.extract import extract_all, recorded_failures
+from emi_lib.features.extract_report import failure_line
 from emi_lib.features.quality import compute_priors
 from emi_lib.features.store import FeatureStore, valid_steps
-from emi_lib.train.data import Stage2Data
+from emi_lib.train.data import Stage2Data, media_absent, stream_media
 
 SPLITS = ("train", "valid", "test")
 #: what stage 2 reads from a stage-1 run: the aligned steps alone, or each raw step with its aligned projection
@@ -199,6 +201,9 @@ class Stage2Inputs:
     stage1: Stage1Outputs | None
     labels: dict  # split -> labels DataFrame (train, valid)
     with_raw: dict | None = None  # stage-1 inputs "aligned+raw": the raw pairs concatenated to the aligned steps
+    # {"<modality>/<split>": {"failed": {id: {"kind", "message"}}, "unreadable_frames": {id: [...]}}} of the raw
+    # features read here (this run's extraction, else the store's _meta.json); empty when nothing failed
+    extraction_failures: dict = field(default_factory=dict)
 
     def dims(self) -> dict:
         return self.sets["train"].dims()
@@ -238,15 +243,40 @@ def _with_raw(aligned: dict, raw: dict, ids, name: str) -> dict:
     return out
 
 
-def _build_split(root, store, streams, raw_store, text_pair, split, labels, ids, with_raw=None) -> Stage2Data:
+def _media(raw_streams: dict) -> dict:
+    """{stream: DataRoot modality} the raw features were made from (what a clip may legitimately lack)."""
+    return {m: stream_media(m, b) for m, (_, b) in raw_streams.items() if b}
+
+
+def _build_split(root, store, streams, raw_store, text_pair, split, labels, ids, with_raw=None,
+                 media=None) -> Stage2Data:
     d = Stage2Data.from_store(store, split, vision=streams["vision"], audio=streams["audio"], labels=labels,
-                              priors=load_priors(root, raw_store, split), ids=ids)
+                              priors=load_priors(root, raw_store, split), ids=ids,
+                              absent=media_absent(root, split, ids, media))
     for m, pair in (with_raw or {}).items():  # stage-1 inputs "aligned+raw"
         setattr(d, m, _with_raw(getattr(d, m), raw_store.load_split(*pair, split), d.ids, f"{m} raw+aligned"))
     d.priors = with_detected_faces(d.priors, d.vision)
     if text_pair:
         d.text = {k: v.reshape(-1) for k, v in raw_store.load_split(*text_pair, split).items()}
     return d
+
+
+def _failures(store: FeatureStore, pairs, splits, reports=None) -> dict:
+    """Extraction failures of the raw ``(modality, backbone)`` pairs over ``splits``: from this run's reports
+    when given, else as recorded in the store (``_meta.json``, e.g. written by notebook 01)."""
+    out = dict(reports.failures) if reports is not None else {}
+    for mod, backbone in pairs:
+        if backbone and not any(k.startswith(f"{mod}/") for k in (reports or {})):
+            out |= recorded_failures(store, mod, backbone, splits)
+    return out
+
+
+def _warn_failures(failures: dict, what: str) -> None:
+    """One warning naming the failed clips (and those with masked unreadable frames) of every split."""
+    if failures:
+        lines = [failure_line(k, v) for k, v in failures.items()]
+        warnings.warn(f"{what}: feature extraction failures (failed clips have no features: training refuses "
+                      "a split where they exceed Stage2Config.max_missing_share): " + " | ".join(lines), stacklevel=3)
 
 
 def prepare_stage2_inputs(root: str | os.PathLike, profile: str, *, stage1: str = "auto",
@@ -266,26 +296,32 @@ def prepare_stage2_inputs(root: str | os.PathLike, profile: str, *, stage1: str 
     splits = [s for s in SPLITS if s in data.available_splits()]
     text_pair = ("text", text_backbone) if use_text else None
     if s1 is None:
-        extract_all(root, raw_store, vision_backbone, audio_backbone, text_backbone if use_text else None,
-                    splits=splits, progress=False, verbose=verbose)
+        reports = extract_all(root, raw_store, vision_backbone, audio_backbone, text_backbone if use_text else None,
+                              splits=splits, progress=False, verbose=verbose)
         store, streams, kind = raw_store, {"vision": ("vision", vision_backbone), "audio": ("audio", audio_backbone)}, "raw"
         raw_streams = dict(streams)
+        failures = reports.failures
     else:
         store, streams, kind, raw_streams = s1.store, s1.streams, "stage1", s1.raw
+        reports = None
         if use_text:
-            extract_all(root, raw_store, None, None, text_backbone, splits=splits, progress=False, verbose=verbose)
+            reports = extract_all(root, raw_store, None, None, text_backbone, splits=splits, progress=False,
+                                  verbose=verbose)
+        failures = _failures(s1.store, s1.raw.values(), splits, reports)  # notebook 01's extraction of the raw inputs
+    _warn_failures(failures, f"stage-2 inputs of {root}")
     labels = {s: data.split(s) for s in ("train", "valid") if s in splits}
     if stage1_inputs not in STAGE1_INPUTS:
         raise ValueError(f"stage1_inputs must be one of {STAGE1_INPUTS}, got {stage1_inputs!r}")
     with_raw = raw_streams if kind == "stage1" and stage1_inputs == "aligned+raw" else None
-    sets = {s: _build_split(root, store, streams, raw_store, text_pair, s, labels.get(s), data.ids(s), with_raw)
-            for s in splits}
+    media = _media({**raw_streams, **({"text": text_pair} if text_pair else {})})
+    sets = {s: _build_split(root, store, streams, raw_store, text_pair, s, labels.get(s), data.ids(s), with_raw,
+                            media) for s in splits}
     std = Standardizer.fit(sets["train"]) if standardize else None
     if std is not None:
         for d in sets.values():
             std.apply(d)
     return Stage2Inputs(root, (root / "synthmimic" / "manifest.json").exists(), kind, note, store, streams, raw_store,
-                        raw_streams, text_pair, sets, std, s1, labels, with_raw)
+                        raw_streams, text_pair, sets, std, s1, labels, with_raw, failures)
 
 
 def inputs_for_root(new_root: str | os.PathLike, like: Stage2Inputs, profile: str, split: str = "test",
@@ -304,8 +340,9 @@ def inputs_for_root(new_root: str | os.PathLike, like: Stage2Inputs, profile: st
     vb, ab = like.raw_streams["vision"][1], like.raw_streams["audio"][1]
     # clips whose media are byte-identical in the original root (e.g. the faces of a test set regenerated with
     # only audio noise) get its stored features instead of a second extraction (emi_lib.features.reuse)
-    extract_all(new_root, raw_store, vb, ab, like.text_pair[1] if like.text_pair else None, splits=[split],
-                progress=False, verbose=verbose, reuse_from=(like.root, like.raw_store))
+    reports = extract_all(new_root, raw_store, vb, ab, like.text_pair[1] if like.text_pair else None, splits=[split],
+                          progress=False, verbose=verbose, reuse_from=(like.root, like.raw_store))
+    _warn_failures(reports.failures, f"inputs of {new_root} ({split})")
     streams = like.streams
     if like.kind == "stage1":
         for m, (mod, key) in like.streams.items():
@@ -322,7 +359,7 @@ def inputs_for_root(new_root: str | os.PathLike, like: Stage2Inputs, profile: st
                 write_aligned(raw_store, export_aligned(aligner, feats), mod, key, split,
                               clip_modality=f"{m}_aligned_clip")
     d = _build_split(new_root, raw_store, streams, raw_store, like.text_pair, split, None, data.ids(split),
-                     like.with_raw)
+                     like.with_raw, _media({**like.raw_streams, **({"text": like.text_pair} if like.text_pair else {})}))
     if like.standardizer is not None:
         like.standardizer.apply(d)
     return d

@@ -82,22 +82,25 @@ def run_stage2(a, ctx) -> dict:
     from emi_lib.features.store import FeatureStore
     from emi_lib.train.budgets import stage2_config
     from emi_lib.train.checkpoint import atomic_write_json, atomic_write_text
-    from emi_lib.train.data import Stage2Data
+    from emi_lib.train.data import Stage2Data, media_absent, stream_media
     from emi_lib.train.inputs import Standardizer
     from emi_lib.train.stage2 import predict, train_stage2
 
     data, store = DataRoot(a.root), FeatureStore(a.store)
     vis, aud = stream(a.vision, "vision"), stream(a.audio, "audio")
+    media = {"vision": stream_media("vision", vis[1]), "audio": stream_media("audio", aud[1])}
     sets = {}
     for split in ("train", "valid"):
         pri = None if a.no_priors else _priors(a.root, store, split, ctx)
+        absent = media_absent(data, split, media=media)  # clips that may lack a stream; any other lacking one fails
         if a.packed:  # lazy: one contiguous file per stream and split, read per batch (emi_lib.features.packed)
             sets[split] = Stage2Data.from_packed(Path(a.packed) / vis[0] / vis[1] / split,
                                                  Path(a.packed) / aud[0] / aud[1] / split,
-                                                 labels=data.split(split), priors=pri, ids=data.ids(split))
+                                                 labels=data.split(split), priors=pri, ids=data.ids(split),
+                                                 absent=absent)
         else:
             sets[split] = Stage2Data.from_store(store, split, vision=vis, audio=aud, labels=data.split(split),
-                                                priors=pri, ids=data.ids(split))
+                                                priors=pri, ids=data.ids(split), absent=absent)
     dims = sets["train"].dims()
     if dims["vision"] is None or dims["audio"] is None:
         raise ValueError(f"no train features for {vis} or {aud} in {a.store}: extract them first")

@@ -14,6 +14,9 @@ Paper (arXiv 2503.10603, stage 2) gives no training recipe; everything here is o
       f(s) = \rho + (1 - \rho)\,\tfrac12\big(1 + \cos(\pi\,\tfrac{s - W}{\max(1, S - W)})\big) \;(s \ge W),
 
   with :math:`W` = ``warmup_steps`` (or ``round(warmup_ratio * S)``) and :math:`\rho` = ``min_lr_ratio``;
+- a split where more than ``max_missing_share`` of the clips lack a stream's features although their
+  media exist (failed extractions, :func:`~emi_lib.train.data.check_missing_share`) is refused before
+  training, naming the clips; clips whose media are absent (``Stage2Data.absent``) are missing modalities;
 - early stopping on the validation mean PCC (``challenge_score`` over the **whole** validation set
   after each epoch; a NaN score never counts as an improvement), ``patience`` epochs; with
   ``restore_best`` a run whose every validation score was NaN (so no ``best.pt``) raises ``RuntimeError``
@@ -80,13 +83,21 @@ from emi_lib.train.checkpoint import (
     load_model_state,
     unwrap,
 )
-from emi_lib.train.data import Stage2Data, Stage2Dataset, epoch_batches, eval_batches, shard, to_device
+from emi_lib.train.data import (
+    Stage2Data,
+    Stage2Dataset,
+    check_missing_share,
+    epoch_batches,
+    eval_batches,
+    shard,
+    to_device,
+)
 from emi_lib.train.distributed import barrier, broadcast_object
 from emi_lib.train.losses import emi_loss, stage2_loss
 from emi_lib.train.seeding import rng_state, seed_everything, set_rng_state
 
 #: Config fields that may change between a run and its resume (they do not change the result).
-RESUMABLE_CHANGES = ("device", "num_workers", "ckpt_every_steps")
+RESUMABLE_CHANGES = ("device", "num_workers", "ckpt_every_steps", "max_missing_share")
 
 
 class TrainingInterrupted(RuntimeError):
@@ -129,6 +140,9 @@ class Stage2Config:
     corrupt_face_span: list = field(default_factory=lambda: [0.3, 1.0])  # range of the hidden vision share
     corrupt_snr_db: list = field(default_factory=lambda: [-10.0, 20.0])  # range of the audio-noise SNR (dB)
     aux_weight: float = 0.0  # w_aux of the per-modality heads' loss (needs model aux_heads=True)
+    # largest share of a split's clips that may lack a stream's features although their media exist (failed
+    # extractions; clips whose media are absent, Stage2Data.absent, do not count): above it training refuses
+    max_missing_share: float = 0.02
 
     def __post_init__(self):
         if isinstance(self.model, EMIModelConfig):
@@ -143,6 +157,8 @@ class Stage2Config:
                                      f"{self.prior_columns.get(m)}: give one column per prior value")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError("epochs and batch_size must be >= 1")
+        if not 0.0 <= self.max_missing_share <= 1.0:
+            raise ValueError(f"max_missing_share must be in [0, 1], got {self.max_missing_share}")
         check_augment_fields(self)
 
     def model_config(self) -> EMIModelConfig:
@@ -314,6 +330,8 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
     net.stage2_config = cfg
     if rank > 0:  # own dropout draws per rank; the initial weights are rank 0's (DDP broadcasts them)
         torch.manual_seed(cfg.seed + rank)
+    for name, d in (("train", train_data), ("valid", val_data)):  # failed features are not missing modalities
+        check_missing_share(d, net.modalities, cfg.max_missing_share, name)
     train_ds, val_ds = _dataset(cfg, train_data), _dataset(cfg, val_data)
     if train_ds.labels is None or val_ds.labels is None:
         raise ValueError("train_data and val_data need labels")
