@@ -242,15 +242,15 @@ def test_text_stream_wrong_dims_and_fresh_runs(splits, tmp_path):
 
 
 def test_resume_check_treats_fields_added_later_as_their_default(tmp_path):
-    from emi_lib.train.stage2 import Stage2Config, _check_resumable
+    from emi_lib.train.stage2_config import Stage2Config, check_resumable
 
     cfg = Stage2Config(max_len=16)
     old = {k: v for k, v in cfg.to_dict().items() if k != "bucket_by_length"}  # written before the field existed
-    _check_resumable(old, cfg, tmp_path / "checkpoint.pt")
+    check_resumable(old, cfg, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="bucket_by_length"):
-        _check_resumable(old, Stage2Config(max_len=16, bucket_by_length=True), tmp_path / "checkpoint.pt")
+        check_resumable(old, Stage2Config(max_len=16, bucket_by_length=True), tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="lr"):
-        _check_resumable({**old, "lr": 0.5}, cfg, tmp_path / "checkpoint.pt")
+        check_resumable({**old, "lr": 0.5}, cfg, tmp_path / "checkpoint.pt")
 
 
 def test_restore_best_without_a_best_checkpoint_raises(splits, tmp_path):

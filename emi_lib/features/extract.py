@@ -90,6 +90,7 @@ import numpy as np
 from emi_lib.constants import clip_stem
 from emi_lib.data import DataError, DataRoot
 from emi_lib.data.layout import ABSENT_KINDS
+from emi_lib.features.extract_report import META_NAME, ExtractionReport, ExtractionReports, recorded_failures
 from emi_lib.features.extract_sources import (
     OFFICIAL,
     OFFICIAL_FOLDERS,
@@ -101,7 +102,6 @@ from emi_lib.features.extract_sources import (
     clip_stride,
     prefetch,
 )
-from emi_lib.features.extract_report import META_NAME, ExtractionReport, ExtractionReports, recorded_failures
 from emi_lib.features.store import FeatureStore, backbone_key, split_composite
 
 log = logging.getLogger(__name__)
