@@ -17,7 +17,6 @@ from emi_lib.train.checkpoint import atomic_write_text
 RESUMABLE_CHANGES = ("device", "num_workers", "ckpt_every_steps", "max_missing_share")
 
 
-
 @dataclass
 class Stage2Config:
     """One stage-2 run. JSON-able (``to_json``/``from_json``); unknown keys raise."""
@@ -102,7 +101,6 @@ class Stage2Config:
         return cls.from_dict(json.loads(text))
 
 
-
 def check_resumable(saved: dict, cfg: Stage2Config, path: Path) -> None:
     """ValueError when ``saved`` (a checkpoint's config dict) differs from ``cfg`` in a field that changes the result."""
     now = cfg.to_dict()
@@ -115,5 +113,3 @@ def check_resumable(saved: dict, cfg: Stage2Config, path: Path) -> None:
     if diff:
         raise ValueError(f"{path} was written with another config (fields {diff} differ): use a new run_dir "
                          "or resume=False")
-
-
