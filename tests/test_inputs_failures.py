@@ -43,3 +43,21 @@ def test_stage2_inputs_collect_warn_and_training_refuses_failed_clips(tmp_path):
     with pytest.warns(UserWarning, match=failed):  # a second run (features stored) still reports them
         again = prepare_stage2_inputs(root, "smoke", **kw)
     assert again.extraction_failures == got
+
+
+def test_a_clip_with_no_valid_raw_step_may_lack_its_aligned_stream(tmp_path):
+    """Stage-1 streams: no face found in any frame leaves nothing to align (declared, like absent media); a clip
+    whose raw features have valid steps but no aligned ones is still counted as a failure."""
+    import numpy as np
+
+    from emi_lib.features.store import FeatureStore
+    from emi_lib.train.data import Stage2Data
+    from emi_lib.train.inputs import _declare_unalignable
+
+    raw = FeatureStore(tmp_path / "store")
+    raw.write("vision", "fer", "train", "00000", np.full((3, 7), np.nan, np.float32))  # no valid step
+    raw.write("vision", "fer", "train", "00001", np.ones((3, 7), np.float32))  # valid steps, aligned lost
+    d = Stage2Data({"00002": np.ones((2, 4), np.float32)}, {}, ids=["00000", "00001", "00002"],
+                   absent={"vision": [], "audio": ["00000", "00001", "00002"]})
+    _declare_unalignable(d, raw, {"vision": ("vision", "fer")}, "train")
+    assert d.absent["vision"] == {"00000"} and d.unexplained_missing("vision") == ["00001"]

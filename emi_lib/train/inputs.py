@@ -248,13 +248,28 @@ def _media(raw_streams: dict) -> dict:
     return {m: stream_media(m, b) for m, (_, b) in raw_streams.items() if b}
 
 
+def _declare_unalignable(d: Stage2Data, raw_store: FeatureStore, raw_pairs: dict, split: str) -> None:
+    """Stage-1 streams: a clip whose raw features exist but have no valid step (e.g. no face found in any frame)
+    has nothing to align, so no aligned steps; like a clip without media it may lack the stream (added to
+    ``d.absent``). A clip lacking aligned steps although its raw features have valid ones is not: it stays
+    counted by :meth:`~emi_lib.train.data.Stage2Data.unexplained_missing`."""
+    for m, (mod, key) in raw_pairs.items():
+        lacking = d.unexplained_missing(m)
+        stored = raw_store.done_ids(mod, key, split) if lacking else set()
+        for cid in lacking:
+            if cid in stored and not valid_steps(raw_store.read(mod, key, split, cid)).any():
+                d.absent[m].add(cid)
+
+
 def _build_split(root, store, streams, raw_store, text_pair, split, labels, ids, with_raw=None,
-                 media=None) -> Stage2Data:
+                 media=None, raw_pairs=None) -> Stage2Data:
     d = Stage2Data.from_store(store, split, vision=streams["vision"], audio=streams["audio"], labels=labels,
                               priors=load_priors(root, raw_store, split), ids=ids,
                               absent=media_absent(root, split, ids, media))
     for m, pair in (with_raw or {}).items():  # stage-1 inputs "aligned+raw"
         setattr(d, m, _with_raw(getattr(d, m), raw_store.load_split(*pair, split), d.ids, f"{m} raw+aligned"))
+    if raw_pairs:
+        _declare_unalignable(d, raw_store, raw_pairs, split)
     d.priors = with_detected_faces(d.priors, d.vision)
     if text_pair:
         d.text = {k: v.reshape(-1) for k, v in raw_store.load_split(*text_pair, split).items()}
@@ -307,15 +322,16 @@ def prepare_stage2_inputs(root: str | os.PathLike, profile: str, *, stage1: str 
         if use_text:
             reports = extract_all(root, raw_store, None, None, text_backbone, splits=splits, progress=False,
                                   verbose=verbose)
-        failures = _failures(s1.store, s1.raw.values(), splits, reports)  # notebook 01's extraction of the raw inputs
+        failures = _failures(raw_store, s1.raw.values(), splits, reports)  # notebook 01's extraction of the raw inputs
     _warn_failures(failures, f"stage-2 inputs of {root}")
     labels = {s: data.split(s) for s in ("train", "valid") if s in splits}
     if stage1_inputs not in STAGE1_INPUTS:
         raise ValueError(f"stage1_inputs must be one of {STAGE1_INPUTS}, got {stage1_inputs!r}")
     with_raw = raw_streams if kind == "stage1" and stage1_inputs == "aligned+raw" else None
     media = _media({**raw_streams, **({"text": text_pair} if text_pair else {})})
+    unalignable = raw_streams if kind == "stage1" else None
     sets = {s: _build_split(root, store, streams, raw_store, text_pair, s, labels.get(s), data.ids(s), with_raw,
-                            media) for s in splits}
+                            media, unalignable) for s in splits}
     std = Standardizer.fit(sets["train"]) if standardize else None
     if std is not None:
         for d in sets.values():
@@ -359,7 +375,8 @@ def inputs_for_root(new_root: str | os.PathLike, like: Stage2Inputs, profile: st
                 write_aligned(raw_store, export_aligned(aligner, feats), mod, key, split,
                               clip_modality=f"{m}_aligned_clip")
     d = _build_split(new_root, raw_store, streams, raw_store, like.text_pair, split, None, data.ids(split),
-                     like.with_raw, _media({**like.raw_streams, **({"text": like.text_pair} if like.text_pair else {})}))
+                     like.with_raw, _media({**like.raw_streams, **({"text": like.text_pair} if like.text_pair else {})}),
+                     like.raw_streams if like.kind == "stage1" else None)
     if like.standardizer is not None:
         like.standardizer.apply(d)
     return d
