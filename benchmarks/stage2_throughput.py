@@ -37,18 +37,20 @@ def random_data(n: int, vision_dim: int, audio_dim: int, vision_len: float, audi
             audio[cid] = rng.standard_normal((ta, audio_dim), dtype=np.float32)
     labels = pd.DataFrame(rng.random((n, len(EMOTIONS))), index=ids, columns=list(EMOTIONS))
     priors = pd.DataFrame({"face_quality": rng.random(n), "audio_quality": rng.random(n)}, index=ids)
-    return Stage2Data(vision, audio, labels=labels, priors=priors, ids=ids)
+    absent = {"vision": [c for c in ids if c not in vision], "audio": [c for c in ids if c not in audio]}
+    return Stage2Data(vision, audio, labels=labels, priors=priors, ids=ids, absent=absent)
 
 
 def store_data(store_dir: str, root: str, split: str, vision: str, audio: str) -> Stage2Data:
     from emi_lib.data import DataRoot
     from emi_lib.features.quality import compute_priors
     from emi_lib.features.store import FeatureStore
+    from emi_lib.train.data import media_absent
 
     dr = DataRoot(root)
     return Stage2Data.from_store(FeatureStore(store_dir), split, vision=("vision", vision), audio=("audio", audio),
                                  labels=dr.split(split), priors=compute_priors(root, split, progress=False),
-                                 ids=dr.ids(split))
+                                 ids=dr.ids(split), absent=media_absent(dr, split))
 
 
 def main(argv=None) -> None:

@@ -84,7 +84,8 @@ def _fake_sets(n_train=24, n_eval=12, seed=0):
         labels = pd.DataFrame(y, index=ids, columns=list(EMOTIONS))
         pri = pd.DataFrame({"face_quality": rng.uniform(size=len(ids)), "audio_quality": rng.uniform(size=len(ids))},
                            index=ids)
-        return Stage2Data(vision, audio, labels=labels if with_labels else None, priors=pri, ids=ids), labels
+        return Stage2Data(vision, audio, labels=labels if with_labels else None, priors=pri, ids=ids,
+                          absent={"vision": [ids[0]]}), labels
 
     tr, _ = split([f"{i:05d}" for i in range(n_train)], True)
     va, _ = split([f"{i:05d}" for i in range(n_train, n_train + n_eval)], True)

@@ -14,7 +14,8 @@ from emi_lib.train import Stage2Config, TrainingInterrupted, predict, train_stag
 from emi_lib.train.augment import augment_batch, augment_generator, noise_mix
 from emi_lib.train.config import stage2_config
 from emi_lib.train.losses import aux_head_loss, emi_loss, stage2_loss
-from emi_lib.train.stage2 import _check_resumable, _dataset
+from emi_lib.train.stage2 import _dataset
+from emi_lib.train.stage2_config import check_resumable
 
 DT = 4
 TWO_PRIORS = {"vision": ["face_quality", "face_share"], "audio": ["audio_quality", "audio_snr_db"]}
@@ -274,6 +275,6 @@ def test_config_fields_budgets_and_validation(tmp_path):
     for k in ("modality_dropout", "corrupt_prob", "corrupt_face_span", "corrupt_snr_db", "aux_weight"):
         old.pop(k)
     old["model"].pop("aux_heads")
-    _check_resumable(old, cfg_for(), tmp_path / "checkpoint.pt")
+    check_resumable(old, cfg_for(), tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="modality_dropout"):
-        _check_resumable(old, cfg_for(modality_dropout=0.1), tmp_path / "checkpoint.pt")
+        check_resumable(old, cfg_for(modality_dropout=0.1), tmp_path / "checkpoint.pt")

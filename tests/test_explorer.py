@@ -21,7 +21,7 @@ from emi_lib.data.errors import DataError
 from emi_lib.data.media import face_files, load_audio
 from emi_lib.experiments.explorer_model import resolve_model
 from emi_lib.models.emi_model import EMIModel, EMIModelConfig
-from emi_lib.train.data import Stage2Data
+from emi_lib.train.data import Stage2Data, media_absent
 from emi_lib.train.stage2 import predict
 from emi_lib.viz import explorer as X
 from emi_lib.viz.timeline import fusion_timeline, step_times
@@ -47,7 +47,7 @@ def _split_data(root, split: str, seed: int = 0) -> Stage2Data:
     ids = dr.ids(split)
     priors = pd.DataFrame(rng.uniform(size=(len(ids), 2)), index=ids, columns=["face_quality", "audio_quality"])
     labels = dr.split(split) if split != "test" else None
-    return Stage2Data(vision, audio, labels=labels, priors=priors, ids=ids)
+    return Stage2Data(vision, audio, labels=labels, priors=priors, ids=ids, absent=media_absent(root, split))
 
 
 @pytest.fixture(scope="module")

@@ -224,10 +224,12 @@ def test_failed_clip_video_source_and_cli(tmp_path, encoders):
     root = tmp_path / "root"
     ids = write_tiny_root(root)
     bad = ids["train"][0]
-    (root / "face_images" / bad / "2.jpg").write_bytes(b"not a jpeg")
+    for crop in (root / "face_images" / bad).glob("*.jpg"):  # every crop unreadable: a failed clip
+        crop.write_bytes(b"not a jpeg")
     store = FeatureStore(tmp_path / "features")
     rep = extract_split(root, "train", store, "vision", "openclip-tiny", encoder=encoders["vision"], progress=False)
     assert rep.failed_ids == [bad] and rep.issues.skipped[0][1] == "unreadable" and rep.n_done == 2
+    assert "all 4 face crop(s) are unreadable" in rep.issues.skipped[0][2]
     assert not store.has("vision", "openclip-tiny", "train", bad)
     with pytest.raises(DataError):
         extract_split(root, "train", store, "vision", "openclip-tiny", encoder=encoders["vision"],
@@ -252,3 +254,40 @@ def test_failed_clip_video_source_and_cli(tmp_path, encoders):
     reps = extract_all(root, out, vision_backbone="official", splits=["train"], progress=False)
     assert list(reps) == ["vision/train"] and reps["vision/train"].n_existing == 2
     assert reps["vision/train"].failed_ids == [bad]  # a failed clip is retried, and listed again
+
+
+def test_an_unreadable_crop_costs_one_masked_step_and_is_reported(tmp_path, encoders, capsys):
+    """One garbage crop is one masked (whole-NaN) step of a clip that keeps its other crops, reported per clip;
+    the failure line is printed with progress off and verbose=False, and recorded for later runs."""
+    from emi_lib.features.store import valid_steps
+
+    root = tmp_path / "root"
+    ids = write_tiny_root(root)
+    partial, failed = ids["train"][1], ids["train"][2]
+    (root / "face_images" / partial / "2.jpg").write_bytes(b"\xff\xd8 garbage, not a jpeg" * 8)
+    for crop in (root / "face_images" / failed).glob("*.jpg"):
+        crop.write_bytes(b"")  # zero bytes: unreadable, not an absent face
+    store = FeatureStore(tmp_path / "features")
+    reps = extract_all(root, store, encoders["vision"].name, splits=["train"], progress=False, verbose=False)
+    rep = reps["vision/train"]
+    x = store.read("vision", "openclip-tiny", "train", partial)
+    assert x.shape == (4, 64) and valid_steps(x).tolist() == [True, True, False, True]
+    clean = store.read("vision", "openclip-tiny", "train", ids["train"][0])
+    assert np.isfinite(clean).all() and np.isfinite(x[[0, 1, 3]]).all()
+    assert rep.failed_ids == [failed] and sorted(rep.computed) == [ids["train"][0], partial]
+    assert list(rep.unreadable_frames) == [partial] and "2.jpg" in rep.unreadable_frames[partial][0]
+    err = capsys.readouterr().err
+    line = next(ln for ln in err.splitlines() if "FAILED" in ln)
+    assert f"{failed} [unreadable]" in line and f"{partial}: 1" in line
+    assert reps.failures == {"vision/train": rep.failures}
+    assert list(rep.failures["failed"]) == [failed] and list(rep.failures["unreadable_frames"]) == [partial]
+    json.dumps(reps.failures)  # JSON-able, for record()
+    meta = read_meta(store, "vision", "openclip-tiny", "train")
+    assert list(meta["unreadable_frames"]) == [partial] and meta["n_unreadable_frames"] == 1
+    assert list(meta["failed"]) == [failed]
+    again = extract_all(root, store, encoders["vision"].name, splits=["train"], progress=False)["vision/train"]
+    assert again.n_done == 0 and again.failures == rep.failures  # the stored clip's masked frame is still listed
+    assert f"{partial}: 1" in capsys.readouterr().err
+    from emi_lib.features.extract import recorded_failures
+
+    assert recorded_failures(store, "vision", "openclip-tiny", ["train", "valid"]) == {"vision/train": rep.failures}

@@ -297,3 +297,35 @@ def test_count_parameters():
     assert 0 < n < 20_000 and count_parameters(vision_only) < n
     full.head.requires_grad_(False)
     assert count_parameters(full) < n == count_parameters(full, trainable_only=False)
+
+
+def test_an_unknown_prior_is_flagged_not_read_as_the_worst_quality():
+    """NaN (unknown) reaches the quality estimator as z = 0 (the training mean) with its indicator off; a known
+    prior as (pi - mu) / sigma with the indicator on. A known 0 (the worst quality) and an unknown prior
+    therefore score differently (they used to be the same input, nan_to_num -> 0)."""
+    from emi_lib.models.fusion import PriorInput, prior_input_dim
+
+    torch.manual_seed(0)
+    fusion = QualityGuidedFusion({"vision": 5, "audio": 4}, 6, prior_dims={"vision": 1, "audio": 1})
+    assert fusion.quality["vision"][0].in_features == 5 + prior_input_dim(1) == 5 + 2
+    train = {"vision": torch.tensor([[0.2], [0.6], [float("nan")], [1.0]]), "audio": torch.rand(4, 1)}
+    fusion.set_prior_stats(train)
+    enc = fusion.prior_input["vision"]
+    torch.testing.assert_close(enc.mean, torch.tensor([0.6]))
+    torch.testing.assert_close(enc.std, torch.tensor([(0.32 / 3) ** 0.5]))  # over the 3 known values
+    p = torch.tensor([float("nan"), 0.0, 0.6, 1.0])
+    got = fusion._prior({"vision": p}, "vision", torch.zeros(4, 5))
+    z = (p - 0.6) / enc.std
+    torch.testing.assert_close(got, torch.stack([torch.tensor([0.0, z[1], 0.0, z[3]]),
+                                                 torch.tensor([0.0, 1.0, 1.0, 1.0])], 1))
+    assert fusion._prior({}, "vision", torch.zeros(4, 5)).eq(0).all()  # no prior tensor at all: all unknown
+    seqs, masks = _streams()
+    s = fusion(seqs, masks, priors={"vision": p, "audio": torch.rand(4)})["scores"][:, 0]
+    same = {"vision": p.clone().fill_(0.0), "audio": torch.rand(4)}
+    s0 = fusion(seqs, masks, priors=same)["scores"][:, 0]
+    assert not torch.isclose(s[0], s0[0])  # unknown != worst
+    with pytest.raises(ValueError, match="inf"):
+        fusion(seqs, masks, priors={"vision": torch.full((4,), float("inf")), "audio": torch.rand(4)})
+    with pytest.raises(ValueError, match="unknown"):
+        PriorInput(1).set_stats(torch.full((3, 1), float("nan")), names=["face_quality"])
+    assert "prior_input.vision.mean" in fusion.state_dict()  # the statistics travel with the checkpoint

@@ -14,6 +14,7 @@ from emi_lib.data import (
     load_transcript,
     load_video_frames,
     probe_video,
+    read_face_crops,
 )
 
 
@@ -127,6 +128,25 @@ def test_bad_face_crops(tmp_path):
     Image.fromarray(np.zeros((30, 24, 3), dtype=np.uint8)).save(bad)  # another size
     assert "pass size=" in str(_err(load_face_crops, d, "shape"))
     assert load_face_crops(d, size=24).shape == (4, 24, 24, 3)
+
+
+def test_read_face_crops_keeps_the_readable_crops_and_lists_the_others(tmp_path):
+    d = tmp_path / "00002"
+    write_faces(d, n=5)
+    good = (d / "1.jpg").read_bytes()
+    (d / "1.jpg").write_bytes(good[: len(good) // 2])  # truncated
+    (d / "3.jpg").write_bytes(b"")  # zero bytes
+    got = read_face_crops(d)
+    assert got.frames.shape == (3, 24, 24, 3) and got.valid.tolist() == [True, False, True, False, True]
+    assert got.n_unreadable == 2 and [f for f, _ in got.errors] == [str(d / "1.jpg"), str(d / "3.jpg")]
+    means = got.frames.reshape(3, -1).mean(axis=1)
+    np.testing.assert_allclose(means, [0, 40, 80], atol=2)  # crops 0, 2 and 4, in order
+    assert read_face_crops(d, stride=2).valid.tolist() == [True, True, True]  # crops 0, 2, 4
+    assert read_face_crops(d, max_frames=2).valid.tolist() == [True, False]
+    for f in d.glob("*.jpg"):
+        f.write_bytes(b"garbage")
+    assert "all 5 face crop(s) are unreadable" in str(_err(read_face_crops, d, "unreadable"))
+    _err(read_face_crops, tmp_path / "nope", "missing")  # absent stays absent, not unreadable
 
 
 # ------------------------------------------------------------------------------------- text

@@ -206,7 +206,7 @@ def test_stage2_one_epoch_from_packed_bucketed(tmp_path):
     for name, d in (("train", planted(30, 1)), ("valid", planted(13, 2))):
         v = write_packed(tmp_path / f"v_{name}", ((i, d.vision.get(i)) for i in d.ids))
         a = write_packed(tmp_path / f"a_{name}", ((i, d.audio.get(i)) for i in d.ids))
-        p = Stage2Data.from_packed(v, a, labels=d.labels, priors=d.priors)
+        p = Stage2Data.from_packed(v, a, labels=d.labels, priors=d.priors, absent=d.absent)
         assert isinstance(p.vision, PackedStore) and p.missing_counts() == d.missing_counts()
         assert p.dims() == d.dims()
         splits.append(p)

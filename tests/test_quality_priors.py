@@ -138,3 +138,23 @@ def test_compute_priors_on_a_tiny_root_and_tensors(tmp_path):
     with pytest.raises(KeyError, match="not in the table"):
         priors_to_tensors(priors, ids["train"], {"audio": ["no_such_column"]})
     assert isinstance(priors, pd.DataFrame)
+
+
+def test_priors_to_tensors_refuses_infinite_priors():
+    table = pd.DataFrame({"face_quality": [0.5, np.inf], "audio_quality": [np.nan, 0.2]}, index=["00000", "00001"])
+    with pytest.raises(ValueError, match="00001"):
+        priors_to_tensors(table, ["00000", "00001"])
+    t = priors_to_tensors(table, ["00000"])
+    assert torch.isnan(t["audio"][0, 0])  # NaN (unknown) is kept as NaN, never 0
+
+
+def test_an_unreadable_crop_is_an_unusable_frame_not_a_lost_clip(tmp_path):
+    ids = write_tiny_root(tmp_path)
+    cid = ids["train"][0]
+    (tmp_path / "face_images" / cid / "1.jpg").write_bytes(b"garbage, not a jpeg" * 10)
+    with pytest.warns(UserWarning, match=rf"{cid} face: 1 unreadable crop.*1\.jpg"):
+        priors = compute_priors(tmp_path, "train", progress=False)
+    row, other = priors.loc[cid], priors.loc[ids["train"][1]]
+    assert row["face_unreadable"] == 1 and other["face_unreadable"] == 0
+    assert row["face_visible_share"] == pytest.approx(other["face_visible_share"] * 3 / 4)  # 3 of 4 usable
+    assert row["face_quality"] == pytest.approx(other["face_quality"] * 3 / 4)

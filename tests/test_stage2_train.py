@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from tiny_root import write_tiny_root
 
 from emi_lib.constants import EMOTIONS
 from emi_lib.eval.metrics import challenge_score
@@ -34,7 +35,7 @@ DV, DA = 6, 5
 
 def planted(n: int, seed: int, with_priors: bool = True) -> Stage2Data:
     """Sequences carrying the labels z through fixed maps; every 7th clip lacks vision (no key),
-    every 5th lacks audio (a (0, D) array); clip 0 lacks both."""
+    every 5th lacks audio (a (0, D) array); clip 0 lacks both. Those clips' media are declared absent."""
     rng, maps = np.random.default_rng(seed), np.random.default_rng(99)
     a, b = maps.normal(size=(6, DV)), maps.normal(size=(6, DA))
     z = rng.uniform(size=(n, 6))
@@ -49,7 +50,8 @@ def planted(n: int, seed: int, with_priors: bool = True) -> Stage2Data:
     priors = pd.DataFrame({"face_quality": rng.uniform(size=n), "audio_quality": rng.uniform(size=n)}, index=ids)
     priors.iloc[0] = np.nan
     labels = pd.DataFrame(z, index=ids, columns=list(EMOTIONS))
-    return Stage2Data(vision, audio, labels=labels, priors=priors if with_priors else None)
+    absent = {"vision": [c for c in ids if c not in vision], "audio": [c for c in ids if not audio[c].size]}
+    return Stage2Data(vision, audio, labels=labels, priors=priors if with_priors else None, absent=absent)
 
 
 def tiny_cfg(**kw) -> Stage2Config:
@@ -220,7 +222,7 @@ def test_text_stream_wrong_dims_and_fresh_runs(splits, tmp_path):
 
     def with_text(d: Stage2Data) -> Stage2Data:
         text = {cid: rng.normal(size=(1, 4)).astype(np.float32) for cid in d.ids[::2]}  # half lack text
-        return Stage2Data(d.vision, d.audio, text, d.labels, d.priors)
+        return Stage2Data(d.vision, d.audio, text, d.labels, d.priors, absent={**d.absent, "text": d.ids[1::2]})
 
     model = EMIModelConfig.tiny(DV, DA, text_dim=4, use_text=True, fusion="equal")
     cfg = tiny_cfg(model=model, epochs=1)
@@ -229,7 +231,7 @@ def test_text_stream_wrong_dims_and_fresh_runs(splits, tmp_path):
     assert list(weights.columns) == ["vision", "audio", "text"] and extras["missing"]["text"] == 6
     assert (weights.loc[val.ids[1::2], "text"] == 0).all() and np.isfinite(pred.to_numpy()).all()
     bad = Stage2Data({**train.vision, train.ids[5]: np.zeros((4, DV + 1), np.float32)}, train.audio,
-                     labels=train.labels, priors=train.priors)
+                     labels=train.labels, priors=train.priors, absent=train.absent)
     with pytest.raises(ValueError, match=f"clip {train.ids[5]} have shape"):
         train_stage2(tiny_cfg(), bad, val, tmp_path / "bad", progress=False)
     # a fresh run (resume=False) in a used folder never restores the older run's best weights
@@ -240,12 +242,72 @@ def test_text_stream_wrong_dims_and_fresh_runs(splits, tmp_path):
 
 
 def test_resume_check_treats_fields_added_later_as_their_default(tmp_path):
-    from emi_lib.train.stage2 import Stage2Config, _check_resumable
+    from emi_lib.train.stage2_config import Stage2Config, check_resumable
 
     cfg = Stage2Config(max_len=16)
     old = {k: v for k, v in cfg.to_dict().items() if k != "bucket_by_length"}  # written before the field existed
-    _check_resumable(old, cfg, tmp_path / "checkpoint.pt")
+    check_resumable(old, cfg, tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="bucket_by_length"):
-        _check_resumable(old, Stage2Config(max_len=16, bucket_by_length=True), tmp_path / "checkpoint.pt")
+        check_resumable(old, Stage2Config(max_len=16, bucket_by_length=True), tmp_path / "checkpoint.pt")
     with pytest.raises(ValueError, match="lr"):
-        _check_resumable({**old, "lr": 0.5}, cfg, tmp_path / "checkpoint.pt")
+        check_resumable({**old, "lr": 0.5}, cfg, tmp_path / "checkpoint.pt")
+
+
+def test_restore_best_without_a_best_checkpoint_raises(splits, tmp_path):
+    train, val = splits
+    flat = val.labels.copy()
+    flat["Joy"] = 0.5  # a constant ground-truth column: every validation mean PCC is NaN, best.pt is never written
+    val_nan = Stage2Data(val.vision, val.audio, labels=flat, priors=val.priors, absent=val.absent)
+    with pytest.warns(Warning, match="constant"), pytest.raises(RuntimeError, match="every validation") as err:
+        train_stage2(tiny_cfg(epochs=2), train, val_nan, tmp_path / "nan_run", progress=False)
+    assert str(tmp_path / "nan_run") in str(err.value) and "best.pt" in str(err.value)
+    assert not (tmp_path / "nan_run" / "best.pt").exists()
+    with pytest.warns(Warning, match="constant"):
+        _, hist = train_stage2(tiny_cfg(epochs=1, restore_best=False), train, val_nan, tmp_path / "last",
+                               progress=False)
+    assert hist["val_mean_pcc"].isna().all()  # restore_best=False: the last weights, as asked
+
+
+def test_training_fits_the_prior_standardisation_on_the_train_clips(splits, run_a):
+    train, _ = splits
+    _, model, _ = run_a
+    for m, col in (("vision", "face_quality"), ("audio", "audio_quality")):
+        known = train.priors[col].dropna()  # clip 0's priors are NaN (unknown): not in the statistics
+        enc = model.fusion.prior_input[m]
+        assert math.isclose(enc.mean.item(), known.mean(), rel_tol=1e-5)
+        assert math.isclose(enc.std.item(), known.std(ddof=0), rel_tol=1e-4)
+
+
+def test_training_refuses_clips_that_lack_features_their_media_should_give(splits, tmp_path):
+    """Clips lacking vision whose media are declared absent are missing modalities; clips lacking vision
+    features that are not (a failed extraction) are refused above max_missing_share, named."""
+    train, val = splits
+    lost = [c for c in train.ids if c in train.vision][:2]  # 2 of 30 clips (6.7 %) lost their vision features
+    broken = Stage2Data({k: v for k, v in train.vision.items() if k not in lost}, train.audio, labels=train.labels,
+                        priors=train.priors, absent=train.absent)
+    with pytest.raises(ValueError, match=rf"train: 2 of 30 clips .* no vision features .*{lost[0]}.*{lost[1]}"):
+        train_stage2(tiny_cfg(epochs=1), broken, val, tmp_path / "a", progress=False)
+    assert broken.unexplained_missing("vision") == lost and broken.unexplained_missing("audio") == []
+    undeclared = Stage2Data(val.vision, val.audio, labels=val.labels, priors=val.priors)  # absent=None
+    with pytest.raises(ValueError, match="valid: .*declares no absent media"):
+        train_stage2(tiny_cfg(epochs=1), train, undeclared, tmp_path / "b", progress=False)
+    train_stage2(tiny_cfg(epochs=1, max_missing_share=0.1), broken, val, tmp_path / "c", progress=False)
+    # every step masked (e.g. no face found in any frame) is not a failure: the clip has features
+    allnan = {**train.vision, lost[0]: np.full((4, DV), np.nan, np.float32)}
+    assert Stage2Data(allnan, train.audio, labels=train.labels, absent=train.absent).unexplained_missing("vision") == []
+    with pytest.raises(ValueError, match="max_missing_share"):
+        tiny_cfg(max_missing_share=1.5)
+
+
+def test_media_absent_reads_what_the_data_root_holds(tmp_path):
+    import shutil
+
+    from emi_lib.train.data import media_absent
+
+    ids = write_tiny_root(tmp_path)
+    shutil.rmtree(tmp_path / "face_images" / ids["train"][0])
+    (tmp_path / "audio" / f"{ids['train'][2]}.mp3").write_bytes(b"")  # zero bytes: absent, as the extraction says
+    got = media_absent(tmp_path, "train")
+    # clip 1's transcript is empty: a silent clip, not an absent transcript
+    assert got == {"vision": {ids["train"][0]}, "audio": {ids["train"][2]}, "text": set()}
+    assert media_absent(tmp_path, "train", media={"vision": "vit"})["vision"] == set()

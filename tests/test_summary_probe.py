@@ -38,7 +38,8 @@ def test_one_row_per_clip_no_nan(smoke_root, feats):
             ids = split_ids(smoke_root, split)
             assert list(df.index) == [clip_stem(i) for i in ids] and df.index.name == "Filename"
             assert np.isfinite(df.to_numpy()).all()
-            assert df.columns[-1] == f"{mod}_missing"
+            assert df.columns[-1] == f"{mod}_missing" and df.columns[-2] == f"{mod}_unreadable"
+            assert (df[f"{mod}_unreadable"] == 0).all()  # the smoke root's files are all readable
             dims.add(df.shape[1])
             missing = df[f"{mod}_missing"].to_numpy() == 1
             sub = corr.loc[ids]
@@ -50,7 +51,7 @@ def test_one_row_per_clip_no_nan(smoke_root, feats):
                 expect = (sub["n_words"] == 0).to_numpy()
             np.testing.assert_array_equal(missing, expect)
             assert expect.any()  # every smoke split holds deliberately missing clips
-            assert (df.loc[missing].iloc[:, :-1].to_numpy() == 0).all()
+            assert (df.loc[missing].iloc[:, :-2].to_numpy() == 0).all()
         assert len(dims) == 1  # same columns in every split (text vocabulary fitted on train)
 
 
@@ -70,9 +71,49 @@ def test_features_tolerate_broken_files(smoke_root, tmp_path):
     (root / "audio" / "00000.mp3").write_bytes(b"")  # zero-length
     (root / "audio" / "00001.mp3").write_bytes(b"not an mp3 at all" * 10)  # unreadable
     shutil.rmtree(root / "face_images" / "00002")
-    df = summary_features(root, "train", "voice")
+    with pytest.warns(UserWarning, match=r"voice/train: 1 unreadable file.*00001\.mp3"):
+        df = summary_features(root, "train", "voice")
     assert df.loc[["00000", "00001"], "voice_missing"].tolist() == [1.0, 1.0]
+    # the zero-length file is an absent voice; the garbage one is counted as unreadable, not passed over
+    assert df.loc[["00000", "00001"], "voice_unreadable"].tolist() == [0.0, 1.0]
+    assert df["voice_unreadable"].sum() == 1.0
     assert summary_features(root, "train", "face").loc["00002", "face_missing"] == 1.0
+
+
+def test_unreadable_face_crops_and_video_headers_are_counted_and_named(smoke_root, tmp_path):
+    """One garbage crop costs that crop, not the clip; a garbage mp4 header is counted too."""
+    root = tmp_path / "root"
+    shutil.copytree(smoke_root, root, ignore=shutil.ignore_patterns("audio", "text"))
+    clean = summary_features(smoke_root, "valid", "face")
+    cid = next(c for c in clean.index if clean.loc[c, "face_missing"] == 0)
+    crops = sorted((root / "face_images" / cid).glob("*.jpg"), key=lambda p: int(p.stem))
+    crops[1].write_bytes(b"\xff\xd8 not a jpeg" * 20)
+    (root / "raw" / f"{cid}.mp4").write_bytes(b"garbage" * 100)
+    with pytest.warns(UserWarning, match=rf"face/valid: 2 unreadable file\(s\).*{crops[1].name}.*{cid}\.mp4"):
+        df = summary_features(root, "valid", "face")
+    assert df.loc[cid, "face_unreadable"] == 2.0 and df.loc[cid, "face_missing"] == 0.0
+    assert df["face_unreadable"].sum() == 2.0
+    assert df.columns[-2:].tolist() == ["face_unreadable", "face_missing"]
+
+
+def test_summary_readers_catch_only_the_decoders_errors(smoke_root, monkeypatch):
+    """An unexpected exception (a bug, not a bad file) propagates instead of reading as "no audio"."""
+    import emi_lib.features.summary as summary
+
+    class Boom(Exception):
+        pass
+
+    def boom(*a, **k):
+        raise Boom("not a decode error")
+
+    monkeypatch.setattr(summary.sf, "SoundFile", boom)
+    with pytest.raises(Boom):
+        summary.read_audio(next((smoke_root / "audio").glob("*.mp3")))
+    import av
+
+    monkeypatch.setattr(av, "open", boom)
+    with pytest.raises(Boom):
+        summary._n_video_frames(next((smoke_root / "raw").glob("*.mp4")))
 
 
 def test_ridge_table(smoke_root, feats):

@@ -11,7 +11,15 @@ problem; ``on_error="skip"`` collects bad clips in a :class:`SkipReport` instead
 
 from emi_lib.data.errors import DataError, SkipReport
 from emi_lib.data.layout import MODALITIES, DataRoot, read_split
-from emi_lib.data.media import load_audio, load_face_crops, load_transcript, load_video_frames, probe_video
+from emi_lib.data.media import (
+    FaceCrops,
+    load_audio,
+    load_face_crops,
+    load_transcript,
+    load_video_frames,
+    probe_video,
+    read_face_crops,
+)
 from emi_lib.data.safe_load import load_features
 
 __all__ = [
@@ -19,6 +27,7 @@ __all__ = [
     "CheckReport",
     "DataError",
     "DataRoot",
+    "FaceCrops",
     "SkipReport",
     "check_root",
     "load_audio",
@@ -27,6 +36,7 @@ __all__ = [
     "load_transcript",
     "load_video_frames",
     "probe_video",
+    "read_face_crops",
     "read_split",
 ]
 

@@ -11,13 +11,16 @@ with a ``kind`` a caller can branch on:
 - ``"nonfinite"``, ``"shape"``, ``"invalid"``, ``"encoding"``: content that decodes but is unusable.
 
 Nothing is ever silently replaced: audio at another rate is resampled (never zero-filled),
-stereo is downmixed by the channel mean, and a bad crop is an error, not a black frame.
+stereo is downmixed by the channel mean, and a bad crop is an error, not a black frame
+(:func:`read_face_crops` keeps a clip's readable crops and lists the unreadable ones, for callers
+that mask that step and report it).
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -257,6 +260,65 @@ def load_face_crops(
             )
         out.append(arr)
     return np.stack(out)
+
+
+@dataclass
+class FaceCrops:
+    """The crops of one clip read by :func:`read_face_crops`: the readable ones and where the others were."""
+
+    frames: np.ndarray  # uint8 (K, H, W, 3): the readable crops, in frame order
+    valid: np.ndarray  # bool (T,): which of the T crops kept (after stride / max_frames) were readable
+    errors: list[tuple[str, str]] = field(default_factory=list)  # (file, problem) of each unreadable crop
+
+    @property
+    def n_unreadable(self) -> int:
+        return int((~self.valid).sum())
+
+
+def read_face_crops(
+    face_dir: str | os.PathLike,
+    size: int | tuple[int, int] | None = None,
+    max_frames: int | None = None,
+    stride: int = 1,
+) -> FaceCrops:
+    """Like :func:`load_face_crops`, but an unreadable crop (kind ``"unreadable"``: corrupt, truncated,
+    zero bytes) costs that crop only: it is left out of ``frames``, False in ``valid`` and listed in
+    ``errors`` (file and problem), so a caller can keep the clip with that step masked and report it.
+
+    Everything else is as strict as :func:`load_face_crops`: a missing or empty folder, crops of
+    different sizes without ``size``, and a clip whose crops are **all** unreadable raise
+    :class:`DataError` (the last one kind ``"unreadable"``, naming the folder and the first bad crop).
+    """
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    files = face_files(face_dir)[::stride]
+    if max_frames is not None:
+        files = files[:max_frames]
+    out: list[np.ndarray] = []
+    valid = np.zeros(len(files), dtype=bool)
+    errors: list[tuple[str, str]] = []
+    for i, f in enumerate(files):
+        try:
+            arr = load_face_crop(f, size)
+        except DataError as err:
+            if err.kind != "unreadable":
+                raise
+            errors.append((str(f), err.problem))
+            continue
+        if out and arr.shape != out[0].shape:
+            first = files[int(np.flatnonzero(valid)[0])]
+            raise DataError(
+                f,
+                f"face crop is {arr.shape[1]}x{arr.shape[0]} but {first.name} is "
+                f"{out[0].shape[1]}x{out[0].shape[0]}; pass size= to resize",
+                kind="shape",
+            )
+        out.append(arr)
+        valid[i] = True
+    if not out:
+        raise DataError(face_dir, f"all {len(files)} face crop(s) are unreadable (first: {errors[0][0]}: "
+                                  f"{errors[0][1]})", kind="unreadable")
+    return FaceCrops(np.stack(out), valid, errors)
 
 
 # ---------------------------------------------------------------------------------- transcripts

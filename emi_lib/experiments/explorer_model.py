@@ -11,6 +11,7 @@ from pathlib import Path
 
 from emi_lib.data.fingerprint import ProvenanceError
 from emi_lib.paths import model_run_dir, stage_run_dir
+from emi_lib.train.checkpoint import CheckpointMismatchError
 from emi_lib.train.config import stage2_config
 from emi_lib.train.run_record import check_run_inputs, record_run_inputs
 from emi_lib.train.stage2 import load_run, train_stage2
@@ -27,10 +28,15 @@ def resolve_model(profile: str, inputs, out_dir, *, model_run=None, seed: int = 
     if (folder / "best.pt").exists():
         why = check_run_inputs(folder, inputs)
         if why is None:
-            model, cfg = load_run(folder)
-            if cfg.model["vision_dim"] == dims["vision"] and cfg.model["audio_dim"] == dims["audio"]:
+            try:  # strict: a checkpoint of another model version is refused, with its reason
+                model, cfg = load_run(folder)
+            except CheckpointMismatchError as err:
+                model, why = None, f"{folder} does not fit this version's model ({err})"
+            if model is not None and cfg.model["vision_dim"] == dims["vision"] and cfg.model["audio_dim"] == dims["audio"]:
                 return model, "notebook 02", f"notebook 02's full model from {folder}"
-            why = f"{folder} expects dims vision {cfg.model['vision_dim']} / audio {cfg.model['audio_dim']}, inputs have {dims}"
+            if model is not None:
+                why = (f"{folder} expects dims vision {cfg.model['vision_dim']} / audio {cfg.model['audio_dim']}, "
+                       f"inputs have {dims}")
         if model_run:
             raise ProvenanceError(f"MODEL_RUN={model_run} does not fit these inputs: {why}")
     elif model_run:

@@ -8,8 +8,11 @@ What one clip becomes (float32 ``(T, D)`` under ``<store>/<modality>/<key>/<spli
 
 - ``vision``: one row per face crop (``face_images/{id}/``, ``vision_source="faces"``) or per
   decoded mp4 frame (``vision_source="video"``), through ``encode_frames``. The choice is
-  explicit: a clip without usable face crops is a *missing* vision modality (nothing written,
-  listed in the report), never silently replaced by video frames.
+  explicit: a clip without face crops is a *missing* vision modality (nothing written,
+  listed in the report), never silently replaced by video frames. A crop that cannot be decoded
+  costs that step only: its row is NaN (a masked step, :func:`~emi_lib.features.store.valid_steps`),
+  the clip's other crops are encoded, and the file is listed under ``report.unreadable_frames``; a
+  clip whose crops are *all* unreadable is a failed clip.
 - ``audio``: the 16 kHz mono wave through ``encode_audio``: ``T = frame_rate * seconds``
   (100/s for ``logmel``, 50/s for wav2vec2). A clip without an audio file is missing.
 - ``text``: one L2-normalised row ``(1, D)`` per clip: the transcript (an empty transcript is a
@@ -50,8 +53,13 @@ overwritten when its clip is redone, and removed at the start of a run if older 
 ``STALE_TMP_S`` (a fresh one may belong to a concurrent run; run one extraction per folder).
 
 At the end each run writes ``<store>/<modality>/<key>/<split>/_meta.json``: backbone, key, dim,
-frame rate, settings, number of clips in the split / stored / missing / failed, and the missing
-and failed ids with their reasons. CLI::
+frame rate, settings, number of clips in the split / stored / missing / failed, the missing
+and failed ids with their reasons and the clips stored with unreadable frames. **Failures are loud**
+(:mod:`emi_lib.features.extract_report`): a *missing* modality (no media) is legitimate, but a *failed*
+clip (media that exist but gave no features) or an unreadable frame is printed on stderr at the end of
+the run, one line naming the clips, whatever ``progress`` / ``verbose`` say, and returned in
+``report.failures`` / ``extract_all(...).failures`` (JSON-able, for a notebook's ``record``). A clip
+stored earlier with masked frames stays listed on later runs (read back from ``_meta.json``). CLI::
 
     python -m emi_lib.features.extract ROOT --store DIR --vision openclip-tiny --audio logmel \\
         --text minilm [--splits train valid] [--max-frames 256] ...
@@ -71,16 +79,17 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from contextlib import closing
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from emi_lib.constants import clip_stem
-from emi_lib.data import DataError, DataRoot, SkipReport
+from emi_lib.data import DataError, DataRoot
 from emi_lib.data.layout import ABSENT_KINDS
+from emi_lib.features.extract_report import ExtractionReport, ExtractionReports, recorded_failures
 from emi_lib.features.extract_sources import (
     OFFICIAL,
     OFFICIAL_FOLDERS,
@@ -96,8 +105,8 @@ from emi_lib.features.store import META_NAME, FeatureStore, backbone_key, split_
 
 log = logging.getLogger(__name__)
 
-__all__ = ["META_NAME", "OFFICIAL", "OFFICIAL_FOLDERS", "VISION_SOURCES", "ExtractionReport", "clip_stride",
-           "extract_all", "extract_split", "read_meta", "store_backbone"]
+__all__ = ["META_NAME", "OFFICIAL", "OFFICIAL_FOLDERS", "VISION_SOURCES", "ExtractionReport", "ExtractionReports",
+           "clip_stride", "extract_all", "extract_split", "read_meta", "recorded_failures", "store_backbone"]
 
 VISION_SOURCES: tuple[str, ...] = ("faces", "video")
 #: the keyword arguments of extract_split that are part of the store name (:func:`store_backbone`)
@@ -130,56 +139,6 @@ def store_backbone(modality: str, backbone: str, *, vision_source: str = "faces"
     elif modality == "text" and text_source != "transcript":
         opts.append(text_source)
     return f"{backbone}[{','.join(opts)}]" if opts else backbone
-
-
-@dataclass
-class ExtractionReport:
-    """What one :func:`extract_split` run did. ``issues.missing`` holds clips that lack the modality
-    (nothing written); ``issues.skipped`` holds clips that failed (corrupt or unsafe files)."""
-
-    split: str
-    modality: str
-    backbone: str
-    store_backbone: str
-    folder: Path
-    n_clips: int = 0
-    computed: list[str] = field(default_factory=list)
-    existing: list[str] = field(default_factory=list)
-    issues: SkipReport = field(default_factory=SkipReport)
-    strides: dict[str, int] = field(default_factory=dict)
-    reused: list[str] = field(default_factory=list)  # copied from a root with byte-identical media
-    dim: int | None = None
-    frame_rate: float | None = None
-    seconds: float = 0.0
-    cleaned_tmp: int = 0
-
-    n_done = property(lambda self: len(self.computed))
-    n_existing = property(lambda self: len(self.existing))
-    n_missing = property(lambda self: len(self.issues.missing))
-    n_failed = property(lambda self: len(self.issues.skipped))
-    missing_ids = property(lambda self: [cid for cid, _, _ in self.issues.missing])
-    failed_ids = property(lambda self: self.issues.skipped_ids())
-
-    @property
-    def clips_per_s(self) -> float:
-        """Clips computed per second of this run (loading + encoding + writing)."""
-        return self.n_done / self.seconds if self.seconds > 0 else float("nan")
-
-    def summary(self, max_listed: int = 5) -> str:
-        head = (f"{self.modality}/{self.store_backbone} {self.split}: {self.n_clips} clips, {self.n_done} computed"
-                f" ({self.clips_per_s:.1f} clips/s), {self.n_existing} already stored, "
-                + (f"{len(self.reused)} reused from identical media, " if self.reused else "") +
-                f"{self.n_missing} missing, {self.n_failed} failed; D={self.dim}")
-        if self.cleaned_tmp:
-            head += f"; removed {self.cleaned_tmp} stale .tmp file(s)"
-        lines = [head]
-        for title, rows in (("missing (nothing written)", [f"{c}: {m}" for c, _, m in self.issues.missing]),
-                            ("failed", [f"{c} [{k}]: {m}" for c, k, m in self.issues.skipped])):
-            if rows:
-                lines += [f"  {title}: {len(rows)}"] + [f"    {r}" for r in rows[:max_listed]]
-                if len(rows) > max_listed:
-                    lines.append(f"    ... and {len(rows) - max_listed} more (see {META_NAME})")
-        return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------- extraction
@@ -218,6 +177,8 @@ def _write_meta(folder: Path, rep: ExtractionReport, settings: dict, attempted: 
     failed = keep(prev.get("failed", {})) | {cid: {"kind": k, "message": m} for cid, k, m in rep.issues.skipped}
     strides = {c: s for c, s in prev.get("strides", {}).items() if c in stored and c not in attempted}
     strides |= {c: s for c, s in rep.strides.items() if c in stored}
+    frames = {c: v for c, v in prev.get("unreadable_frames", {}).items() if c in stored and c not in attempted}
+    frames |= {c: v for c, v in rep.unreadable_frames.items() if c in stored}
     n_stored = len(stored & set(split_ids))
     meta = {
         "modality": rep.modality, "backbone": rep.backbone, "store_backbone": rep.store_backbone,
@@ -227,6 +188,7 @@ def _write_meta(folder: Path, rep: ExtractionReport, settings: dict, attempted: 
         "complete": n_stored + len(missing) == len(split_ids) and not failed,
         "missing": dict(sorted(missing.items())), "failed": dict(sorted(failed.items())),
         "strides": dict(sorted(strides.items())),
+        "n_unreadable_frames": sum(len(v) for v in frames.values()), "unreadable_frames": dict(sorted(frames.items())),
         "last_run": {"computed": rep.n_done, "already_stored": rep.n_existing, "seconds": round(rep.seconds, 3),
                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
@@ -306,6 +268,9 @@ def extract_split(
     done = store.done_ids(modality, name, split)
     rep.existing = [c for c in wanted if c in done]
     todo = [c for c in wanted if c not in done]
+    if rep.existing and (folder / META_NAME).exists():  # stored earlier with masked frames: still reported
+        earlier = json.loads((folder / META_NAME).read_text()).get("unreadable_frames", {})
+        rep.unreadable_frames = {c: list(earlier[c]) for c in rep.existing if c in earlier}
     if modality in ("vision", "audio") and backbone != OFFICIAL and todo:  # absent media: missing, no encoder needed
         present = []
         for cid in todo:
@@ -338,7 +303,7 @@ def extract_split(
             encoder = load_backbone(modality, backbone, device)
         if modality == "vision":
             source = VisionSource(dr, split, encoder, vision_source, frame_stride, max_frames, face_size,
-                                   max_batch_frames, rep.strides)
+                                   max_batch_frames, rep.strides, rep.unreadable_frames)
         elif modality == "audio":
             source = AudioSource(dr, split, encoder)
         else:
@@ -351,6 +316,7 @@ def extract_split(
     rep.frame_rate = source.frame_rate
 
     def fail(cid: str, err: DataError) -> None:
+        rep.unreadable_frames.pop(cid, None)  # nothing is stored for it: the clip's failure says it all
         if err.kind in ABSENT_KINDS:
             rep.issues.add_missing(cid, modality, err)
             return
@@ -403,6 +369,8 @@ def extract_split(
         rep.frame_rate, settings["time_axis"] = prev.get("frame_rate"), prev.get("time_axis", "")
     if rank == 0:
         _write_meta(folder, rep, settings, set(todo), store.done_ids(modality, name, split), split_ids)
+        if rep.any_failure:  # printed whatever progress / verbose say: a failure is never only in a report
+            print(rep.failure_line(), file=sys.stderr, flush=True)
     if world > 1:
         from emi_lib.distributed import barrier
 
@@ -434,6 +402,9 @@ def _merge_parts(backbone: str, name: str, reps: list[ExtractionReport]) -> Extr
     out = ExtractionReport(first.split, first.modality, backbone, name, first.folder, n_clips=first.n_clips,
                            strides=dict(first.strides), frame_rate=first.frame_rate,
                            seconds=sum(r.seconds for r in reps), cleaned_tmp=sum(r.cleaned_tmp for r in reps))
+    for r in reps:  # every part reads the same crops: the same unreadable ones
+        for c, v in r.unreadable_frames.items():
+            out.unreadable_frames.setdefault(c, list(v))
     out.dim = sum(r.dim for r in reps) if all(r.dim for r in reps) else None
     stored = [set(r.computed) | set(r.existing) for r in reps]
     out.existing = [c for c in first.existing if all(c in r.existing for r in reps)]
@@ -470,7 +441,8 @@ def _merge_ranks(rep: ExtractionReport, todo: list[str], time_axis: str, wanted:
     parts = all_gather_object({"computed": rep.computed, "existing": rep.existing, "missing": rep.issues.missing,
                                "skipped": rep.issues.skipped, "strides": rep.strides, "dim": rep.dim,
                                "frame_rate": rep.frame_rate, "seconds": rep.seconds, "todo": todo,
-                               "time_axis": time_axis, "cleaned_tmp": rep.cleaned_tmp})
+                               "time_axis": time_axis, "cleaned_tmp": rep.cleaned_tmp,
+                               "unreadable_frames": rep.unreadable_frames})
     pos = {c: i for i, c in enumerate(wanted)}
     first = lambda key: next((p[key] for p in parts if p[key] not in (None, "")), parts[0][key])  # noqa: E731
     out = ExtractionReport(rep.split, rep.modality, rep.backbone, rep.store_backbone, rep.folder, n_clips=len(wanted),
@@ -482,6 +454,7 @@ def _merge_ranks(rep: ExtractionReport, todo: list[str], time_axis: str, wanted:
         out.issues.missing += p["missing"]
         out.issues.skipped += p["skipped"]
         out.strides |= p["strides"]
+        out.unreadable_frames |= p["unreadable_frames"]
     out.computed.sort(key=pos.get)
     out.existing.sort(key=pos.get)
     out.issues.missing.sort(key=lambda r: pos.get(r[0], -1))
@@ -501,18 +474,20 @@ def read_meta(store, modality: str, backbone: str, split: str) -> dict:
 
 def extract_all(root, store, vision_backbone: str | None = None, audio_backbone: str | None = None,
                 text_backbone: str | None = None, splits=None, *, device: str = "cpu", verbose: bool = False,
-                **kwargs) -> dict[str, ExtractionReport]:
+                **kwargs) -> ExtractionReports:
     """:func:`extract_split` for every given backbone and split (default: the splits whose CSV
-    exists), loading each encoder once. Returns ``{"<modality>/<split>": report}``; ``kwargs`` go
-    to :func:`extract_split` (``vision_source``, ``text_source``, ``max_frames``, ...). ``verbose``
-    prints each report's summary as soon as its split is done."""
+    exists), loading each encoder once. Returns :class:`ExtractionReports`, a dict
+    ``{"<modality>/<split>": report}`` whose ``failures`` gathers the failed clips and the clips with
+    unreadable frames (JSON-able, for a notebook's ``record``); ``kwargs`` go to :func:`extract_split`
+    (``vision_source``, ``text_source``, ``max_frames``, ...). ``verbose`` prints each report's summary as
+    soon as its split is done; failures are printed in any case (one line per split, by extract_split)."""
     dr = root if isinstance(root, DataRoot) else DataRoot(root)
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     store.bind(dr.root)
     splits = dr.available_splits() if splits is None else list(splits)
     if text_backbone and kwargs.get("text_source") == "label_prompt" and "test" in splits:
         raise ValueError("text_source='label_prompt' is refused for the test split; drop 'test' from splits")
-    reports: dict[str, ExtractionReport] = {}
+    reports = ExtractionReports()
     for modality, backbone in (("vision", vision_backbone), ("audio", audio_backbone), ("text", text_backbone)):
         if not backbone:
             continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,11 +16,11 @@ from emi_lib.constants import EMOTIONS
 from emi_lib.data import (
     DataError,
     load_audio,
-    load_face_crops,
     load_features,
     load_transcript,
     load_video_frames,
     probe_video,
+    read_face_crops,
 )
 from emi_lib.data.media import face_files
 
@@ -55,19 +56,41 @@ class Source:
         return [np.asarray(p, dtype=np.float32) for p in payloads]
 
 
+@dataclass
+class Frames:
+    """One clip's decoded frames for the vision encoder: ``frames`` uint8 (K, H, W, 3), and for face crops
+    ``valid`` (T,) bool, which of the clip's T kept crops were readable (None: all of them, K = T)."""
+
+    frames: np.ndarray
+    valid: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
 class VisionSource(Source):
-    def __init__(self, dr, split, enc, source, frame_stride, max_frames, face_size, max_batch_frames, strides):
+    """Face crops (``read_face_crops``: an unreadable crop is recorded in ``unreadable`` {id: ["file:
+    problem"]} and becomes a whole-NaN row, a masked step, after encoding) or video frames."""
+
+    def __init__(self, dr, split, enc, source, frame_stride, max_frames, face_size, max_batch_frames, strides,
+                 unreadable: dict | None = None):
         self.dr, self.split, self.enc, self.source = dr, split, enc, source
         self.frame_stride, self.max_frames, self.face_size = frame_stride, max_frames, face_size
         self.max_batch, self.strides = max_batch_frames, strides
+        self.unreadable = {} if unreadable is None else unreadable
         self.dim = int(enc.dim)
         self.time_axis = f"one row per {'face crop' if source == 'faces' else 'video frame'} kept"
 
-    def load(self, cid):
+    def load(self, cid) -> Frames:
+        valid = None
         if self.source == "faces":
             d = self.dr.face_dir(self.split, cid)
             s = clip_stride(len(face_files(d)), self.frame_stride, self.max_frames)
-            frames = load_face_crops(d, size=self.face_size, max_frames=self.max_frames, stride=s)
+            got = read_face_crops(d, size=self.face_size, max_frames=self.max_frames, stride=s)
+            frames = got.frames
+            if got.errors:
+                valid = got.valid
+                self.unreadable[cid] = [f"{f}: {problem}" for f, problem in got.errors]
         else:
             p = self.dr.video_path(self.split, cid)
             n = probe_video(p, decode_first=False)["frames"] if self.max_frames is not None else 0
@@ -75,24 +98,35 @@ class VisionSource(Source):
             frames, _ = load_video_frames(p, max_frames=self.max_frames, stride=s, size=self.face_size)
         if s != self.frame_stride:
             self.strides[cid] = s
-        return frames
+        return Frames(frames, valid)
 
-    def size(self, frames):
-        return len(frames)
+    def size(self, payload):
+        return len(payload)
 
     def encode(self, payloads):
         out: list = [None] * len(payloads)
         groups: dict[tuple, list[int]] = {}
-        for i, frames in enumerate(payloads):  # one encoder call per crop size
-            groups.setdefault(frames.shape[1:], []).append(i)
+        for i, p in enumerate(payloads):  # one encoder call per crop size
+            groups.setdefault(p.frames.shape[1:], []).append(i)
         for idx in groups.values():
             lengths = [len(payloads[i]) for i in idx]
-            feats = self.enc.encode_frames(np.concatenate([payloads[i] for i in idx]))
+            feats = self.enc.encode_frames(np.concatenate([payloads[i].frames for i in idx]))
             if len(feats) != sum(lengths):
                 raise RuntimeError(f"{self.enc.name}: {len(feats)} outputs for {sum(lengths)} frames")
             for i, part in zip(idx, np.split(feats, np.cumsum(lengths)[:-1])):
-                out[i] = part
+                out[i] = _with_masked_steps(part, payloads[i].valid)
         return out
+
+
+def _with_masked_steps(feats: np.ndarray, valid: np.ndarray | None) -> np.ndarray:
+    """(K, D) features of the readable frames -> (T, D) with a whole-NaN row (a masked step) where a frame
+    was unreadable (``valid`` False); unchanged when every frame was read."""
+    if valid is None:
+        return feats
+    feats = np.asarray(feats, dtype=np.float32)
+    out = np.full((len(valid), feats.shape[1]), np.nan, dtype=np.float32)
+    out[valid] = feats
+    return out
 
 
 class AudioSource(Source):

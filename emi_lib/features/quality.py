@@ -10,7 +10,9 @@ from ``synthmimic/corruptions.csv``. Every statistic is ours (the paper publishe
   a video, :math:`n_\text{frames}` falls back to the largest crop number + 1 (crops are numbered by
   frame, so interior gaps still count; missing frames at the end then go unseen).
 - ``face_visible_share``: the share of crops (up to ``max_frames`` evenly spaced ones, resized to
-  96 x 96) **not** flagged as occluded. Occluder heuristic (a flat occluder such as a hand, a card
+  96 x 96) **not** flagged as occluded. A crop that cannot be decoded is not a usable face: it counts as
+  not visible (never as a reason to drop the clip's other crops), and ``face_unreadable`` counts such crops
+  among those read. Occluder heuristic (a flat occluder such as a hand, a card
   or a rectangle has long straight borders; a face's outline, hair line and features are curved
   or short): blur with a 3 x 3 box; gradient :math:`g = \lVert I(p + e) - I(p - e)\rVert_2` over
   R, G, B (0..255) across rows (horizontal edges) and across columns (vertical edges); thin the
@@ -39,7 +41,10 @@ is not the noise floor):
 - ``audio_quality`` :math:`= \mathrm{clip}(\text{SNR}/40\,\text{dB}, 0, 1)`; NaN when there is no audio.
 
 :func:`priors_to_tensors` turns the table into the per-modality prior vectors of the fusion
-(:data:`PRIOR_COLUMNS`: one value per stream by default, matching ``EMIModelConfig.prior_dims``).
+(:data:`PRIOR_COLUMNS`: one value per stream by default, from which ``EMIModelConfig.prior_dims`` takes its
+default). NaN means *unknown* and stays NaN all the way to the fusion, which reads every value with a
+known/unknown indicator (:class:`emi_lib.models.fusion.PriorInput`): an unknown prior is never read as 0,
+which here would mean the worst quality.
 """
 
 from __future__ import annotations
@@ -117,8 +122,9 @@ def _video_frames(video_path) -> float:
 
 
 def face_quality(face_dir: str | os.PathLike, video_path: str | os.PathLike | None = None,
-                 n_frames: int | None = None, max_frames: int = 64) -> dict:
-    """Face priors of one clip (module docstring). ``n_frames`` overrides the frame count."""
+                 n_frames: int | None = None, max_frames: int = 64, problems: list | None = None) -> dict:
+    """Face priors of one clip (module docstring). ``n_frames`` overrides the frame count. An unreadable
+    crop counts as an unusable frame (``face_unreadable``); its file and problem are appended to ``problems``."""
     from emi_lib.data import DataError
     from emi_lib.data.media import face_files, load_face_crop
 
@@ -133,13 +139,23 @@ def face_quality(face_dir: str | os.PathLike, video_path: str | os.PathLike | No
         total = _video_frames(video_path)
     if not math.isfinite(total) and files:
         total = float(max(int("".join(c for c in f.stem if c.isdigit())[-9:] or 0) for f in files) + 1)
-    out = {"face_crops": len(files), "video_frames": total}
+    out = {"face_crops": len(files), "video_frames": total, "face_unreadable": 0}
     if not files:
         share = 0.0 if math.isfinite(total) else math.nan
         return {**out, "face_share": share, "face_visible_share": math.nan, "face_quality": share}
     pick = np.unique(np.linspace(0, len(files) - 1, min(len(files), max_frames)).round().astype(int))
-    crops = np.stack([load_face_crop(files[i], FACE_SIZE) for i in pick])
-    visible = float((straight_edge_score(crops) <= STRAIGHT_EDGE_SHARE).mean())
+    crops = []
+    for i in pick:
+        try:
+            crops.append(load_face_crop(files[i], FACE_SIZE))
+        except DataError as err:
+            if err.kind != "unreadable":
+                raise
+            out["face_unreadable"] += 1
+            if problems is not None:
+                problems.append(str(err))
+    n_visible = int((straight_edge_score(np.stack(crops)) <= STRAIGHT_EDGE_SHARE).sum()) if crops else 0
+    visible = n_visible / len(pick)  # an unreadable crop is not a visible face
     share = min(1.0, len(files) / total) if math.isfinite(total) and total > 0 else 1.0
     return {**out, "face_share": share, "face_visible_share": visible, "face_quality": share * visible}
 
@@ -178,7 +194,8 @@ def compute_priors(root: str | os.PathLike, split: str, ids: Sequence | None = N
     """Face and audio priors of every clip of a split (or ``ids``), indexed by the 5-digit id.
 
     A missing modality gives NaN priors; an unreadable file too, with one warning naming the
-    clips (the fusion treats non-finite priors as 0, and the availability mask does the rest)."""
+    clips (NaN is an *unknown* prior: the fusion gets it as such, :class:`emi_lib.models.fusion.PriorInput`,
+    and the availability mask does the rest)."""
     from tqdm.auto import tqdm
 
     from emi_lib.constants import clip_stem
@@ -189,12 +206,16 @@ def compute_priors(root: str | os.PathLike, split: str, ids: Sequence | None = N
     rows, problems = {}, []
     for cid in tqdm(ids, desc=f"priors {split}", disable=not progress, leave=False):
         video = dr.video_path(split, cid)
+        bad_crops: list[str] = []
         try:
             face = face_quality(dr.face_dir(split, cid), video if video.exists() else None,
-                                max_frames=max_face_frames)
+                                max_frames=max_face_frames, problems=bad_crops)
         except DataError as err:
             problems.append(f"{cid} face: {err}")
             face = {}
+        if bad_crops:
+            problems.append(f"{cid} face: {len(bad_crops)} unreadable crop(s), counted as unusable frames "
+                            f"(first: {bad_crops[0]})")
         try:
             audio = audio_quality(load_audio(dr.audio_path(split, cid)))
         except DataError as err:
@@ -203,8 +224,10 @@ def compute_priors(root: str | os.PathLike, split: str, ids: Sequence | None = N
             audio = {}
         rows[cid] = {**face, **audio}
     if problems:
-        warnings.warn(f"{len(problems)} unreadable media file(s), priors left NaN: {problems[:5]}", stacklevel=2)
-    cols = ["face_crops", "video_frames", "face_share", "face_visible_share", "face_quality", "audio_seconds",
+        warnings.warn(f"priors {split}: {len(problems)} clip(s) with unreadable media (a clip's unreadable file "
+                      f"leaves its priors NaN, unreadable crops count as unusable frames): {problems[:5]}",
+                      stacklevel=2)
+    cols = ["face_crops", "video_frames", "face_unreadable", "face_share", "face_visible_share", "face_quality", "audio_seconds",
             "audio_level_dbfs", "audio_snr_db", "audio_zero_share", "audio_clip_share", "audio_kurtosis",
             "audio_quality"]
     df = pd.DataFrame.from_dict(rows, orient="index").reindex(index=ids, columns=cols).astype(float)
@@ -214,8 +237,10 @@ def compute_priors(root: str | os.PathLike, split: str, ids: Sequence | None = N
 
 def priors_to_tensors(priors: pd.DataFrame, ids: Sequence,
                       columns: Mapping[str, Sequence[str]] | None = None) -> dict[str, torch.Tensor]:
-    """``{stream: float32 (N, P)}`` in the order of ``ids`` from the prior table; NaN stays NaN (the
-    fusion zeroes non-finite priors). A clip absent from the table gets NaN; an absent column raises."""
+    """``{stream: float32 (N, P)}`` in the order of ``ids`` from the prior table; NaN (unknown) stays NaN
+    (the fusion reads it as unknown, with an indicator: :class:`emi_lib.models.fusion.PriorInput`). A clip
+    absent from the table gets NaN; an absent column raises ``KeyError``; an infinite value raises
+    ``ValueError`` naming the clips (only NaN means unknown)."""
     columns = PRIOR_COLUMNS if columns is None else columns
     ids = [str(i) for i in ids]
     table = priors.copy()
@@ -226,5 +251,11 @@ def priors_to_tensors(priors: pd.DataFrame, ids: Sequence,
         lacking = [c for c in cols if c not in table.columns]
         if lacking:
             raise KeyError(f"prior columns {lacking} (for {stream}) are not in the table: {list(table.columns)}")
-        out[stream] = torch.tensor(table.reindex(ids)[cols].to_numpy(np.float32))
+        values = table.reindex(ids)[cols].to_numpy(np.float64)
+        inf = np.isinf(values).any(1)
+        if inf.any():
+            bad = [i for i, b in zip(ids, inf) if b]
+            raise ValueError(f"prior columns {cols} (for {stream}) hold +-inf for {len(bad)} clip(s), e.g. "
+                             f"{bad[:5]}: a prior is a finite number or NaN (unknown)")
+        out[stream] = torch.tensor(values.astype(np.float32))
     return out

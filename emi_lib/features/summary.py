@@ -15,11 +15,20 @@ on a SynthMimic root and on a real Hume-Vidmimic2 root alike.
 
 A missing modality (no crops, no mp3, empty transcript) gives zeros and an indicator column
 ``<modality>_missing`` = 1; nothing raises for a missing file.
+
+A file that exists but cannot be read is never passed over in silence: the column ``<modality>_unreadable``
+counts a clip's unreadable files (a corrupt face crop, an mp4 whose header does not decode, an mp3 that does
+not decode or holds NaN samples, a transcript that is not UTF-8), and :func:`summary_features` warns naming
+them. A face clip keeps its readable crops (one bad crop costs that crop, not the clip); a clip with no
+readable crop, audio or text is ``_missing`` = 1. Only the decoders' own errors are caught (Pillow's
+``OSError`` / ``SyntaxError``, soundfile's ``SoundFileError``, PyAV's ``FFmpegError``, ``UnicodeDecodeError``):
+anything else is a bug and raises.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +38,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from emi_lib.constants import EMOTIONS, SAMPLE_RATE, SPLIT_CSV, clip_stem
+from emi_lib.data.errors import DataError
 
 MODALITIES: tuple[str, ...] = ("face", "voice", "text")
 FACE_GRID = 12
@@ -61,20 +71,43 @@ def split_labels(root: str | os.PathLike, split: str) -> pd.DataFrame | None:
 
 
 # --- face ------------------------------------------------------------------------------------
+def _collect(problems: list | None, err: DataError) -> None:
+    """Append an unreadable file to ``problems``, or raise it when the caller collects none."""
+    if problems is None:
+        raise err
+    problems.append(str(err))
+
+
 def _n_video_frames(path: Path) -> int:
+    """Frame count from the mp4 header (0: no file, or a header without a count). An mp4 that does not
+    decode raises :class:`DataError` kind ``unreadable`` (only PyAV's own errors are caught)."""
     if not path.exists():
         return 0
+    import av
+
     try:
-        import av
-
         with av.open(str(path)) as c:
+            if not c.streams.video:
+                raise DataError(path, "mp4 has no video stream", kind="unreadable")
             return int(c.streams.video[0].frames or 0)
-    except Exception:  # an unreadable video only loses this one feature
-        return 0
+    except av.error.FFmpegError as err:
+        raise DataError(path, f"unreadable video header ({type(err).__name__}: {err})", kind="unreadable") from err
 
 
-def face_vector(folder: Path, mp4: Path | None = None) -> np.ndarray | None:
-    """Summary vector of one clip's face crops, or None if it has none."""
+def _read_gray(f: Path, problems: list | None) -> Image.Image | None:
+    try:
+        with Image.open(f) as im:
+            return im.convert("L")
+    except (OSError, SyntaxError) as err:  # PIL.UnidentifiedImageError is an OSError; a truncated jpg too
+        _collect(problems, DataError(f, f"unreadable face crop ({type(err).__name__}: {err})", kind="unreadable"))
+        return None
+
+
+def face_vector(folder: Path, mp4: Path | None = None, problems: list | None = None) -> np.ndarray | None:
+    """Summary vector of one clip's face crops, or None if it has none (or none is readable).
+
+    An unreadable crop (or mp4 header) is appended to ``problems`` as a message naming the file and the
+    clip keeps its other crops; with ``problems=None`` it raises :class:`DataError` instead."""
     files = sorted(folder.glob("*.jpg"), key=lambda p: int(p.stem)) if folder.is_dir() else []
     if not files:
         return None
@@ -83,10 +116,13 @@ def face_vector(folder: Path, mp4: Path | None = None) -> np.ndarray | None:
         files = [files[i] for i in np.linspace(0, n_all - 1, MAX_FACE_FRAMES).round().astype(int)]
     small, mid = [], []
     for f in files:
-        with Image.open(f) as im:
-            g = im.convert("L")
-            mid.append(np.asarray(g.resize((48, 48), Image.BILINEAR), dtype=np.float32) / 255.0)
-            small.append(np.asarray(g.resize((FACE_GRID, FACE_GRID), Image.BOX), dtype=np.float32).ravel() / 255.0)
+        g = _read_gray(f, problems)
+        if g is None:
+            continue
+        mid.append(np.asarray(g.resize((48, 48), Image.BILINEAR), dtype=np.float32) / 255.0)
+        small.append(np.asarray(g.resize((FACE_GRID, FACE_GRID), Image.BOX), dtype=np.float32).ravel() / 255.0)
+    if not small:
+        return None
     s, m = np.stack(small), np.stack(mid)
     s = (s - s.mean(axis=1, keepdims=True)) / (s.std(axis=1, keepdims=True) + 0.02)  # per-frame contrast norm
     feats = [s.mean(0), s.std(0), s.max(0)]
@@ -95,22 +131,31 @@ def face_vector(folder: Path, mp4: Path | None = None) -> np.ndarray | None:
         level = b.mean(axis=(1, 2))
         diff = np.abs(np.diff(b, axis=0)).mean() if len(b) > 1 else 0.0
         feats.append(np.array([level.mean(), level.std(), diff, b.std(axis=0).mean()], dtype=np.float32))
-    n_video = _n_video_frames(mp4) if mp4 is not None else 0
+    n_video = 0
+    if mp4 is not None:
+        try:
+            n_video = _n_video_frames(mp4)
+        except DataError as err:
+            _collect(problems, err)
     feats.append(np.array([n_all / n_video if n_video else 1.0], dtype=np.float32))
     return np.concatenate(feats).astype(np.float32)
 
 
 # --- voice -----------------------------------------------------------------------------------
 def read_audio(path: Path, max_s: float = MAX_AUDIO_S) -> np.ndarray | None:
-    """Mono float32 at 16 kHz (first ``max_s`` seconds), or None if missing, unreadable or empty."""
+    """Mono float32 at 16 kHz (first ``max_s`` seconds), or None if missing, empty (0 bytes) or shorter
+    than one 25 ms frame. A file soundfile cannot decode, or one with NaN/inf samples, raises
+    :class:`DataError` kind ``unreadable`` naming it (only soundfile's own errors are caught)."""
     if not path.exists() or path.stat().st_size == 0:
         return None
     try:
         with sf.SoundFile(str(path)) as f:
             sr = f.samplerate
             x = f.read(frames=int(max_s * sr), dtype="float32", always_2d=True).mean(axis=1)
-    except Exception:
-        return None
+    except sf.SoundFileError as err:  # LibsndfileError and friends
+        raise DataError(path, f"unreadable audio ({type(err).__name__}: {err})", kind="unreadable") from err
+    if not np.isfinite(x).all():
+        raise DataError(path, f"audio has {int((~np.isfinite(x)).sum())} NaN/inf samples", kind="unreadable")
     if sr != SAMPLE_RATE and x.size:
         import torch
         import torchaudio.functional as AF
@@ -156,17 +201,25 @@ def voice_vector(x: np.ndarray) -> np.ndarray:
 
 
 # --- text ------------------------------------------------------------------------------------
-def read_text(path: Path) -> str:
+def read_text(path: Path, problems: list | None = None) -> str:
+    """A transcript, stripped; ``""`` when the file does not exist. One that is not UTF-8 (or cannot be read)
+    is appended to ``problems`` and gives ``""`` (with ``problems=None`` it raises :class:`DataError`)."""
+    if not path.exists():
+        return ""
     try:
-        return path.read_text(encoding="utf-8", errors="replace").strip()
-    except OSError:
+        return path.read_text(encoding="utf-8-sig").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        _collect(problems, DataError(path, f"unreadable transcript ({type(err).__name__}: {err})",
+                                     kind="unreadable"))
         return ""
 
 
 def _text_vectorizer(root: Path):
     from sklearn.feature_extraction.text import TfidfVectorizer
 
-    docs = [read_text(root / "text" / f"{clip_stem(i)}.txt") for i in split_ids(root, "train")]
+    problems: list[str] = []
+    docs = [read_text(root / "text" / f"{clip_stem(i)}.txt", problems) for i in split_ids(root, "train")]
+    _warn_unreadable("text", "train (TF-IDF vocabulary)", problems)
     vec = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, token_pattern=r"(?u)\b\w+\b")
     if not any(docs):
         return None
@@ -175,11 +228,35 @@ def _text_vectorizer(root: Path):
 
 
 # --- public ----------------------------------------------------------------------------------
+def _warn_unreadable(modality: str, split: str, problems: list[str], max_listed: int = 5) -> None:
+    if problems:
+        more = f" (and {len(problems) - max_listed} more)" if len(problems) > max_listed else ""
+        warnings.warn(f"summary features {modality}/{split}: {len(problems)} unreadable file(s), counted in "
+                      f"{modality}_unreadable: {'; '.join(problems[:max_listed])}{more}", stacklevel=3)
+
+
+def _voice(base: Path, s: str, problems: list) -> np.ndarray | None:
+    """The clip's wave from ``audio/<id>.mp3``, else ``.wav``; an unreadable file is counted in ``problems``."""
+    for path in (base / "audio" / f"{s}.mp3", base / "audio" / f"{s}.wav"):
+        if not path.exists():
+            continue
+        try:
+            x = read_audio(path)
+        except DataError as err:
+            problems.append(str(err))
+            continue
+        if x is not None:
+            return x
+    return None
+
+
 def summary_features(root: str | os.PathLike, split: str, modality: str, *, progress: bool = False,
                      _vectorizer=None) -> pd.DataFrame:
     """Per-clip summary features of one modality for one split: a DataFrame indexed by the
     5-digit id (index name ``Filename``, file order), float32 columns ``<modality>_*``, no NaN;
-    the last column ``<modality>_missing`` is 1 where the modality is absent (features 0)."""
+    the last two columns are ``<modality>_unreadable`` (the clip's files that exist but could not be read,
+    also named in a warning) and ``<modality>_missing`` (1 where no usable file is left: features 0).
+    A non-finite summary value raises ``ValueError`` naming the clip (never zeroed)."""
     if modality not in MODALITIES:
         raise ValueError(f"unknown modality {modality!r}; choose one of {MODALITIES}")
     root = Path(root)
@@ -187,34 +264,46 @@ def summary_features(root: str | os.PathLike, split: str, modality: str, *, prog
     ids = split_ids(root, split)
     index = pd.Index([clip_stem(i) for i in ids], name="Filename")
     it = tqdm(index, desc=f"{modality} {split}", unit="clip", disable=not progress)
+    problems: list[str] = []
+    bad = np.zeros(len(index), np.float32)
     if modality == "text":
         vec = _vectorizer if _vectorizer is not None else _text_vectorizer(root)
-        docs = [read_text(base / "text" / f"{s}.txt") for s in it]
+        docs = []
+        for i, s in enumerate(it):
+            n = len(problems)
+            docs.append(read_text(base / "text" / f"{s}.txt", problems))
+            bad[i] = len(problems) - n
+        _warn_unreadable(modality, split, problems)
         cols = [] if vec is None else [f"text_{t}" for t in vec.get_feature_names_out()]
         mat = np.zeros((len(docs), len(cols)), np.float32) if vec is None else vec.transform(docs).toarray()
-        extra = np.array([[len(d.split()), float(not d)] for d in docs], dtype=np.float32).reshape(len(docs), 2)
+        extra = np.array([[len(d.split()), b, float(not d)] for d, b in zip(docs, bad)],
+                         dtype=np.float32).reshape(len(docs), 3)
         return pd.DataFrame(np.hstack([mat, extra]).astype(np.float32), index=index,
-                            columns=[*cols, "text_n_words", "text_missing"])
+                            columns=[*cols, "text_n_words", "text_unreadable", "text_missing"])
     rows: list[np.ndarray | None] = []
-    for s in it:
+    for i, s in enumerate(it):
+        n = len(problems)
         if modality == "face":
-            rows.append(face_vector(base / "face_images" / s, base / "raw" / f"{s}.mp4"))
+            rows.append(face_vector(base / "face_images" / s, base / "raw" / f"{s}.mp4", problems))
         else:
-            x = read_audio(base / "audio" / f"{s}.mp3")
-            if x is None:
-                wav = base / "audio" / f"{s}.wav"
-                x = read_audio(wav) if wav.exists() else None
+            x = _voice(base, s, problems)
             rows.append(None if x is None else voice_vector(x))
+        bad[i] = len(problems) - n
+    _warn_unreadable(modality, split, problems)
     dim = next((r.size for r in rows if r is not None), 0)
     if dim == 0:
         dim = _feature_dim(modality)
-    mat = np.zeros((len(rows), dim + 1), np.float32)
+    mat = np.zeros((len(rows), dim + 2), np.float32)
+    mat[:, -2] = bad
     for i, r in enumerate(rows):
         if r is None:
             mat[i, -1] = 1.0
+        elif not np.isfinite(r).all():
+            raise ValueError(f"{modality} summary of clip {index[i]} ({split}) holds {int((~np.isfinite(r)).sum())} "
+                             "non-finite value(s)")
         else:
-            mat[i, :dim] = np.nan_to_num(r, nan=0.0, posinf=0.0, neginf=0.0)
-    cols = [f"{modality}_{j}" for j in range(dim)] + [f"{modality}_missing"]
+            mat[i, :dim] = r
+    cols = [f"{modality}_{j}" for j in range(dim)] + [f"{modality}_unreadable", f"{modality}_missing"]
     return pd.DataFrame(mat, index=index, columns=cols)
 
 

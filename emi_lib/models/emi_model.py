@@ -39,6 +39,7 @@ import torch
 from torch import nn
 
 from emi_lib.constants import EMOTIONS
+from emi_lib.features.quality import PRIOR_COLUMNS
 from emi_lib.models.fusion import FUSION_KINDS, POOLING_KINDS, Fusion, build_fusion
 from emi_lib.models.gated_bilstm import GatedBiLSTM
 from emi_lib.models.tcn import TemporalConvNet
@@ -74,8 +75,10 @@ class EMIModelConfig:
     tau: float = 1.0  # softmax temperature of the quality weights
     quality_hidden: int = 32  # hidden size of each per-modality quality MLP
     use_priors: bool = True  # feed signal priors (batch["priors"]) to the quality estimators
-    # size of each stream's prior vector (e.g. vision: share of usable face frames, audio: scaled SNR)
-    prior_dims: dict[str, int] = field(default_factory=lambda: {"vision": 1, "audio": 1})
+    # number of prior values per stream (e.g. vision: share of usable face frames, audio: scaled SNR); the
+    # default is one per column of emi_lib.features.quality.PRIOR_COLUMNS (the quality estimator reads each
+    # value with a known/unknown indicator: emi_lib.models.fusion.prior_input_dim)
+    prior_dims: dict[str, int] = field(default_factory=lambda: {m: len(c) for m, c in PRIOR_COLUMNS.items()})
     per_step: bool = False  # quality weights per step on a common time base (quality fusion only)
     t_common: int = 32  # number of steps of that common time base
     use_text: bool = False  # add the clip-level text vector as a third stream
@@ -191,7 +194,7 @@ class EMIModel(nn.Module):
 
     ``forward(batch)``: ``batch`` holds ``"vision"`` (B, Tv, Dv), ``"vision_mask"`` (B, Tv) bool,
     ``"audio"`` (B, Ta, Da), ``"audio_mask"`` (B, Ta) bool, optionally ``"text"`` (B, Dt) and
-    ``"text_mask"`` (B,) bool, ``"priors"`` {name: (B,) or (B, P)}, ``"available"`` {name: (B,) bool}.
+    ``"text_mask"`` (B,) bool, ``"priors"`` {name: (B,) or (B, P), NaN = unknown}, ``"available"`` {name: (B,) bool}.
     A missing mask means all steps are valid; a stream the config does not use is ignored.
     Returns a dict:
 
@@ -241,6 +244,13 @@ class EMIModel(nn.Module):
             self.head = nn.Linear(cfg.fusion_dim, cfg.n_outputs)
         if cfg.aux_heads:  # registered only when on: the state dict without them is unchanged
             self.aux_head = nn.ModuleDict({m: nn.Linear(d, cfg.n_outputs) for m, d in dims.items()})
+
+    def set_prior_stats(self, priors: dict, names: dict | None = None) -> None:
+        """Fit the standardisation of the signal priors on the training clips' priors {stream: (N, P)}
+        (:meth:`~emi_lib.models.fusion.QualityGuidedFusion.set_prior_stats`); no-op for a model that
+        reads no priors."""
+        if self.cfg.use_priors and hasattr(self.fusion, "set_prior_stats"):
+            self.fusion.set_prior_stats(priors, names)
 
     def forward(self, batch: dict) -> dict:
         seqs, masks, gates = {}, {}, {}

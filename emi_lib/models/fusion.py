@@ -200,16 +200,93 @@ class Fusion(nn.Module):
         raise NotImplementedError
 
 
+class PriorInput(nn.Module):
+    r"""The prior vector of one stream as the quality estimator reads it: standardised values plus a
+    known/unknown indicator per value, so that an unknown prior is an explicit input, never a value.
+
+    For the :math:`P` prior values :math:`\pi_j` of a clip (NaN = unknown: the modality is missing, a
+    file could not be read, modality dropout removed it) and the training statistics
+    :math:`\mu_j, \sigma_j` (:meth:`set_stats`; before that :math:`\mu = 0, \sigma = 1`):
+
+    .. math::
+
+        k_j = \mathbb 1[\pi_j \text{ is known}],\qquad
+        z_j = k_j\,\frac{\pi_j - \mu_j}{\sigma_j},\qquad
+        \text{input} = [z_1..z_P;\ k_1..k_P] \in R^{2P}.
+
+    An unknown value is thus the training mean (:math:`z = 0`, neutral) with its indicator off
+    (:math:`k = 0`), which the estimator can learn to read, instead of a number that looks like the
+    worst quality (a raw 0). The statistics are buffers: saved in the checkpoints and loaded strictly.
+    """
+
+    #: input channels per prior value: the standardised value and its indicator (:func:`prior_input_dim`)
+    CHANNELS = 2
+
+    def __init__(self, n_values: int):
+        super().__init__()
+        self.n_values = int(n_values)
+        self.register_buffer("mean", torch.zeros(self.n_values))
+        self.register_buffer("std", torch.ones(self.n_values))
+
+    @property
+    def out_dim(self) -> int:
+        return prior_input_dim(self.n_values)
+
+    @torch.no_grad()
+    def set_stats(self, values: torch.Tensor, names=None) -> None:
+        r"""Fit :math:`\mu_j, \sigma_j` on the known values of ``values`` (N, P) (the training clips);
+        :math:`\sigma_j` is the standard deviation, 1 for a constant value. ``ValueError`` when a value
+        is unknown on every clip (``names``: its column names, for the message)."""
+        v = torch.as_tensor(values, dtype=torch.float32).reshape(len(values), -1).to(self.mean.device)
+        if v.shape[1] != self.n_values:
+            raise ValueError(f"prior statistics need {self.n_values} value(s) per clip, got shape {tuple(v.shape)}")
+        known = ~torch.isnan(v)
+        n = known.sum(0)
+        if (n == 0).any():
+            j = int(torch.nonzero(n == 0)[0])
+            name = list(names)[j] if names is not None else f"value {j}"
+            raise ValueError(f"prior {name!r} is unknown (NaN) on all {len(v)} training clips: nothing to "
+                             "standardise it with; drop the column or set use_priors=False")
+        filled = torch.where(known, v, 0.0)
+        mean = filled.sum(0) / n
+        var = (torch.where(known, v - mean, 0.0) ** 2).sum(0) / n
+        std = var.sqrt()
+        self.mean.copy_(mean)
+        self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
+
+    def forward(self, p: torch.Tensor | None, batch: int, ref: torch.Tensor) -> torch.Tensor:
+        """(B, P) values with NaN for unknown (or None: all unknown) -> (B, 2P) ``[z; k]``."""
+        if p is None:
+            return ref.new_zeros(batch, self.out_dim)
+        p = torch.as_tensor(p, dtype=ref.dtype, device=ref.device)
+        p = p.reshape(p.shape[0], -1)
+        if p.shape != (batch, self.n_values):
+            raise ValueError(f"prior has shape {tuple(p.shape)}, expected ({batch}, {self.n_values})")
+        if torch.isinf(p).any():
+            raise ValueError("a prior value is +-inf: only NaN means unknown (a prior must be finite or NaN)")
+        known = ~torch.isnan(p)
+        z = torch.where(known, (p - self.mean.to(p.dtype)) / self.std.to(p.dtype), torch.zeros_like(p))
+        return torch.cat([z, known.to(p.dtype)], -1)
+
+
+def prior_input_dim(n_values: int) -> int:
+    """Width of the quality estimator's prior input for ``n_values`` prior values (:class:`PriorInput`):
+    the one place the prior channels are counted."""
+    return PriorInput.CHANNELS * int(n_values)
+
+
 class QualityGuidedFusion(Fusion):
     r"""Quality-guided fusion (ours; the paper publishes no formula).
 
     Per modality m a quality estimator scores the pooled stream and optional signal priors
-    :math:`\pi_m` (e.g. share of frames with a usable face, a scaled SNR estimate; missing or
-    non-finite priors count as 0):
+    :math:`\pi_m` (e.g. share of frames with a usable face, a scaled SNR estimate), read through
+    :class:`PriorInput`: each value standardised with the training statistics plus a known/unknown
+    indicator, :math:`\tilde\pi_m = [z_m; k_m]` (an unknown, NaN, prior is :math:`z = 0, k = 0`: neutral and
+    flagged, never "worst quality"; a stream with no prior tensor in the batch is all unknown):
 
     .. math::
 
-        s_m &= \mathrm{MLP}_m([\bar h_m;\ \pi_m]) \\
+        s_m &= \mathrm{MLP}_m([\bar h_m;\ \tilde\pi_m]) \\
         w_m &= \frac{a_m \exp(s_m/\tau)}{\sum_{n} a_n \exp(s_n/\tau)}
             \quad (a_m = 1 \text{ if m is available, else } 0;\ \text{all } w = 0 \text{ if no } a_m) \\
         f &= \sum_m w_m\, P_m(\bar h_m).
@@ -219,12 +296,14 @@ class QualityGuidedFusion(Fusion):
 
     **Per-step mode** (``per_step=True``): each stream's valid prefix is resampled to
     ``t_common`` steps (``resample_linear``), the scores are per step,
-    :math:`s_{m,t} = \mathrm{MLP}_m([\tilde h_{m,t};\ \pi_m])`, the softmax is per step, the fused
+    :math:`s_{m,t} = \mathrm{MLP}_m([\tilde h_{m,t};\ \tilde\pi_m])`, the softmax is per step, the fused
     sequence :math:`f_t = \sum_m w_{m,t} P_m(\tilde h_{m,t})` is averaged over the ``t_common`` steps
     (the pooling choice is not used), and the per-clip ``weights`` are :math:`\frac1T\sum_t w_{m,t}`.
 
     Args: ``dims`` name -> stream size; ``out_dim`` D; ``tau`` softmax temperature (ours 1.0);
-    ``prior_dims`` name -> prior size (0 or absent: no prior); ``hidden`` the MLP's hidden size.
+    ``prior_dims`` name -> number of prior values P (0 or absent: no prior; the estimator reads
+    :func:`prior_input_dim` (P) = 2P inputs); ``hidden`` the MLP's hidden size. :meth:`set_prior_stats` fits
+    the standardisation on the training clips (``train_stage2`` does it).
     """
 
     weights_meaning = "learned quality weights"
@@ -248,25 +327,33 @@ class QualityGuidedFusion(Fusion):
         self.prior_dims = {m: int((prior_dims or {}).get(m, 0)) for m in self.names}
         self.per_step = bool(per_step)
         self.t_common = int(t_common)
+        # registered only for streams with priors: a model without priors keeps its state dict
+        self.prior_input = nn.ModuleDict({m: PriorInput(p) for m, p in self.prior_dims.items() if p > 0})
         self.quality = nn.ModuleDict(
             {
-                m: nn.Sequential(nn.Linear(d + self.prior_dims[m], hidden), nn.ReLU(), nn.Linear(hidden, 1))
+                m: nn.Sequential(
+                    nn.Linear(d + prior_input_dim(self.prior_dims[m]), hidden), nn.ReLU(), nn.Linear(hidden, 1)
+                )
                 for m, d in self.dims.items()
             }
         )
 
+    def set_prior_stats(self, priors: Mapping[str, torch.Tensor], names: Mapping | None = None) -> None:
+        """Fit each stream's prior standardisation (:meth:`PriorInput.set_stats`) on the training clips'
+        priors {name: (N, P)}; ``names`` {name: column names} for the error messages."""
+        for m, enc in self.prior_input.items():
+            if m not in priors:
+                raise ValueError(f"no training priors for stream {m!r} (the fusion reads {enc.n_values} value(s))")
+            enc.set_stats(priors[m], (names or {}).get(m))
+
     def _prior(self, priors, m, ref: torch.Tensor) -> torch.Tensor:
-        p_dim = self.prior_dims[m]
-        p = priors.get(m)
-        if p is None or p_dim == 0:
-            return ref.new_zeros(ref.shape[0], p_dim)
-        p = torch.as_tensor(p, dtype=ref.dtype, device=ref.device)
-        p = p.reshape(p.shape[0], -1)
-        if p.shape != (ref.shape[0], p_dim):
-            raise ValueError(
-                f"prior for {m!r} has shape {tuple(p.shape)}, expected ({ref.shape[0]}, {p_dim})"
-            )
-        return torch.nan_to_num(p, nan=0.0, posinf=0.0, neginf=0.0)
+        """The (B, 2P) prior input of stream ``m`` (:class:`PriorInput`); (B, 0) for a stream without priors."""
+        if m not in self.prior_input:
+            return ref.new_zeros(ref.shape[0], 0)
+        try:
+            return self.prior_input[m](priors.get(m), ref.shape[0], ref)
+        except ValueError as err:
+            raise ValueError(f"prior for {m!r}: {err}") from err
 
     def mix(self, xs, ms, avail, priors):
         if self.per_step:

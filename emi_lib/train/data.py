@@ -19,6 +19,14 @@ Evaluation batches are contiguous, never dropped, so every clip is scored. With 
 (``Stage2Dataset.lengths()``, when ``Stage2Config.bucket_by_length``) the training batches are
 length-bucketed (:mod:`emi_lib.train.buckets`): same count, far less padding.
 
+**Missing is not failed**: ``absent`` {stream: ids} lists the clips whose *media* for a stream are absent on
+disk (:func:`media_absent`: no face crop, no audio file, no transcript); they legitimately lack the stream.
+A clip with no features for a stream that is not listed there had media that gave no features (a failed
+extraction): :meth:`Stage2Data.unexplained_missing`. Training refuses a split where such clips are more than
+``Stage2Config.max_missing_share`` of it (:func:`check_missing_share`), naming them, instead of zero-filling
+them as if the modality were missing. ``absent=None`` declares nothing: every clip lacking a stream counts.
+(A clip whose every step is masked, e.g. no face found by the face mesh, *has* features: it is not counted.)
+
 **Lazy stores**: a ``vision``/``audio`` mapping that is not a dict (a
 :class:`~emi_lib.features.packed.PackedStore`, see :meth:`Stage2Data.from_packed`) is kept as is,
 and :class:`Stage2Dataset` reads each batch's clips in ``collate`` instead of holding every
@@ -39,6 +47,8 @@ from emi_lib.features.store import valid_steps
 from emi_lib.train.seeding import epoch_generator
 
 STREAMS = ("vision", "audio", "text")
+#: the media (DataRoot modalities) each stream's features are made from by default
+STREAM_MEDIA: dict[str, str] = {"vision": "faces", "audio": "audio", "text": "text"}
 
 
 def _norm_id(cid) -> str:
@@ -75,9 +85,12 @@ class Stage2Data:
     labels: pd.DataFrame | None = None
     priors: pd.DataFrame | None = None
     ids: list | None = None
+    absent: dict | None = None  # {stream: ids whose media are absent on disk} (module docstring; media_absent)
 
     def __post_init__(self):
         self.vision, self.audio = _norm_dict(self.vision), _norm_dict(self.audio)
+        if self.absent is not None:
+            self.absent = {str(m): {_norm_id(i) for i in v} for m, v in self.absent.items()}
         self.text = _norm_dict(self.text) if self.text is not None else None
         if self.labels is not None:
             missing = [e for e in EMOTIONS if e not in self.labels.columns]
@@ -105,26 +118,27 @@ class Stage2Data:
     def from_store(cls, store, split: str, vision: tuple[str, str] | None = None,
                    audio: tuple[str, str] | None = None, text: tuple[str, str] | None = None,
                    labels: pd.DataFrame | None = None, priors: pd.DataFrame | None = None,
-                   ids=None) -> Stage2Data:
+                   ids=None, absent: dict | None = None) -> Stage2Data:
         """Read a split from a :class:`~emi_lib.features.store.FeatureStore`; each stream is a
-        ``(modality, backbone)`` pair (e.g. ``("vision_aligned", "stage1")``) or None (absent)."""
+        ``(modality, backbone)`` pair (e.g. ``("vision_aligned", "stage1")``) or None (absent).
+        ``absent``: the clips whose media are absent (:func:`media_absent`)."""
         def load(pair):
             return {} if pair is None else store.load_split(pair[0], pair[1], split)
         txt = None if text is None else {k: v.reshape(-1) for k, v in load(text).items()}
-        return cls(load(vision), load(audio), txt, labels, priors, ids)
+        return cls(load(vision), load(audio), txt, labels, priors, ids, absent)
 
     @classmethod
     def from_packed(cls, vision=None, audio=None, text=None, labels: pd.DataFrame | None = None,
-                    priors: pd.DataFrame | None = None, ids=None) -> Stage2Data:
+                    priors: pd.DataFrame | None = None, ids=None, absent: dict | None = None) -> Stage2Data:
         """A split read lazily from packed stores (:mod:`emi_lib.features.packed`): ``vision`` /
         ``audio`` are store folders or ``PackedStore`` objects (None: absent); ``text`` (small) is
-        read into memory as {id: (D_t,)}."""
+        read into memory as {id: (D_t,)}. ``absent``: the clips whose media are absent (:func:`media_absent`)."""
         from emi_lib.features.packed import PackedStore
 
         def open_(x):
             return {} if x is None else x if isinstance(x, PackedStore) else PackedStore(x)
         txt = None if text is None else {k: v.reshape(-1) for k, v in open_(text).items() if v.size}
-        return cls(open_(vision), open_(audio), txt, labels, priors, ids)
+        return cls(open_(vision), open_(audio), txt, labels, priors, ids, absent)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -138,6 +152,20 @@ class Stage2Data:
             return False
         a = np.asarray(a)
         return a.ndim < 2 or bool(valid_steps(a).any())  # every step masked: the stream is missing
+
+    def has_features(self, stream: str, cid: str) -> bool:
+        """Whether features exist for the clip (any steps, even all masked); False for no key or a (0, D) array."""
+        d = getattr(self, stream) or {}
+        if _is_lazy(d):
+            return cid in d and d.length(cid) > 0
+        a = d.get(cid)
+        return a is not None and np.asarray(a).size > 0
+
+    def unexplained_missing(self, stream: str) -> list[str]:
+        """Clips without ``stream`` features whose media the data does not declare absent (``absent``):
+        failed extractions, not missing modalities."""
+        declared = (self.absent or {}).get(stream, set())
+        return [c for c in self.ids if c not in declared and not self.has_features(stream, c)]
 
     def missing_counts(self) -> dict[str, int]:
         """Clips lacking each stream (no key or an empty array); text only when text is given."""
@@ -155,6 +183,55 @@ class Stage2Data:
             arrs = [np.asarray(a) for a in d.values() if np.asarray(a).size]
             out[m] = int(arrs[0].shape[-1]) if arrs else None
         return out
+
+
+def media_absent(root, split: str, ids=None, media: Mapping[str, str] | None = None) -> dict[str, set[str]]:
+    """``{stream: ids of the split whose media are absent on disk}`` (the ``absent`` of :class:`Stage2Data`).
+
+    ``media`` {stream: DataRoot modality} (default :data:`STREAM_MEDIA`; e.g. ``"video"`` or ``"vit"`` for a
+    vision stream made from the mp4 or the release's features). Absent: a face folder without crops, a missing
+    or zero-byte file; a transcript only when missing (an empty one is a silent clip, valid)."""
+    from emi_lib.data import DataRoot
+
+    dr = root if isinstance(root, DataRoot) else DataRoot(root)
+    ids = dr.ids(split) if ids is None else [_norm_id(i) for i in ids]
+    out = {}
+    for stream, mod in {**STREAM_MEDIA, **(media or {})}.items():
+        def gone(cid, mod=mod):
+            if not dr.has(split, cid, mod):  # faces: no crop in the folder
+                return True
+            return mod not in ("faces", "text") and dr.path(split, cid, mod).stat().st_size == 0
+        out[stream] = {c for c in ids if gone(c)}
+    return out
+
+
+def stream_media(stream: str, backbone: str) -> str:
+    """The DataRoot modality a stream's features are made from, by its (store) backbone name: the release's
+    ``vit`` / ``wav2vec2`` files for ``official``, the mp4 for a vision backbone on ``video`` frames, else
+    :data:`STREAM_MEDIA` (face crops, audio, transcript)."""
+    from emi_lib.features.extract_sources import OFFICIAL, OFFICIAL_FOLDERS
+
+    base, _, opts = str(backbone).partition("[")
+    if stream in OFFICIAL_FOLDERS and base == OFFICIAL:
+        return OFFICIAL_FOLDERS[stream]
+    if stream == "vision" and "video" in opts.rstrip("]").split(","):
+        return "video"
+    return STREAM_MEDIA[stream]
+
+
+def check_missing_share(data: Stage2Data, streams, max_share: float, split: str) -> None:
+    """``ValueError`` naming the clips when more than ``max_share`` of ``data``'s clips lack a stream's
+    features although their media exist (:meth:`Stage2Data.unexplained_missing`)."""
+    n = len(data)
+    for m in streams:
+        bad = data.unexplained_missing(m)
+        if n and len(bad) > max_share * n:
+            how = ("although their media exist (a failed extraction? see the extraction's failures)"
+                   if data.absent is not None else "and the data declares no absent media (Stage2Data.absent)")
+            raise ValueError(f"{split}: {len(bad)} of {n} clips ({len(bad) / n:.1%}) have no {m} features {how}, "
+                             f"more than max_missing_share={max_share:g}: {bad[:10]}"
+                             + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+                             + "; re-extract them, fix their media, or raise Stage2Config.max_missing_share")
 
 
 class Stage2Dataset(torch.utils.data.Dataset):

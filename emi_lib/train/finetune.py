@@ -36,6 +36,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,13 +145,18 @@ def preload_frames(root, split: str, encoder, ids=None, max_frames: int | None =
     from emi_lib.features.extract_sources import VisionSource, prefetch
 
     dr = _root(root)
-    src = VisionSource(dr, split, encoder, "faces", 1, max_frames, None, math.inf, {})
+    unreadable: dict[str, list[str]] = {}
+    src = VisionSource(dr, split, encoder, "faces", 1, max_frames, None, math.inf, {}, unreadable)
     frames, skipped = {}, {}
     for cid, got in prefetch(src.load, list(dr.ids(split) if ids is None else ids), workers):
         if isinstance(got, DataError):
             skipped[cid] = f"{got.kind}: {got}"
         else:
-            frames[cid] = input_size_frames(encoder, got)
+            frames[cid] = input_size_frames(encoder, got.frames)  # the readable crops
+    if unreadable:
+        warnings.warn(f"fine-tuning {split}: {len(unreadable)} clip(s) have unreadable face crops, trained on "
+                      f"their readable crops only: " + "; ".join(f"{c}: {v[0]}" for c, v in
+                                                                 list(unreadable.items())[:5]), stacklevel=2)
     return frames, skipped
 
 

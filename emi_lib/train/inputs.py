@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,11 +42,12 @@ import pandas as pd
 from emi_lib.data import DataRoot
 from emi_lib.data.fingerprint import ProvenanceError, check_same_root, root_fingerprint
 from emi_lib.features.backbones import DEFAULT_BACKBONES
-from emi_lib.features.extract import extract_all
+from emi_lib.features.extract import extract_all, recorded_failures
+from emi_lib.features.extract_report import failure_line
 from emi_lib.features.quality import compute_priors
 from emi_lib.features.store import FeatureStore, derived_store, valid_steps
 from emi_lib.paths import stage_run_dir
-from emi_lib.train.data import Stage2Data
+from emi_lib.train.data import Stage2Data, media_absent, stream_media
 
 SPLITS = ("train", "valid", "test")
 #: what stage 2 reads from a stage-1 run: the aligned steps alone, or each raw step with its aligned projection
@@ -247,6 +249,9 @@ class Stage2Inputs:
     stage1: Stage1Outputs | None
     labels: dict  # split -> labels DataFrame (train, valid)
     with_raw: dict | None = None  # stage-1 inputs "aligned+raw": the raw pairs concatenated to the aligned steps
+    # {"<modality>/<split>": {"failed": {id: {"kind", "message"}}, "unreadable_frames": {id: [...]}}} of the raw
+    # features read here (this run's extraction, else the store's _meta.json); empty when nothing failed
+    extraction_failures: dict = field(default_factory=dict)
 
     def dims(self) -> dict:
         return self.sets["train"].dims()
@@ -297,32 +302,74 @@ def _with_raw(aligned: dict, raw: dict, ids, name: str) -> dict:
     return out
 
 
+def _media(raw_streams: dict) -> dict:
+    """{stream: DataRoot modality} the raw features were made from (what a clip may legitimately lack)."""
+    return {m: stream_media(m, b) for m, (_, b) in raw_streams.items() if b}
+
+
+def _declare_unalignable(d: Stage2Data, raw_store: FeatureStore, raw_pairs: dict, split: str) -> None:
+    """Stage-1 streams: a clip whose raw features exist but have no valid step (e.g. no face found in any frame)
+    has nothing to align, so no aligned steps; like a clip without media it may lack the stream (added to
+    ``d.absent``). A clip lacking aligned steps although its raw features have valid ones is not: it stays
+    counted by :meth:`~emi_lib.train.data.Stage2Data.unexplained_missing`."""
+    for m, (mod, key) in raw_pairs.items():
+        lacking = d.unexplained_missing(m)
+        stored = raw_store.done_ids(mod, key, split) if lacking else set()
+        for cid in lacking:
+            if cid in stored and not valid_steps(raw_store.read(mod, key, split, cid)).any():
+                d.absent[m].add(cid)
+
+
 def build_split(root, store, streams, split, *, raw_store=None, labels=None, ids=None, with_raw=None,
-                text_pair=None, priors: bool = True, packed=None) -> Stage2Data:
+                text_pair=None, priors: bool = True, packed=None, media=None, raw_pairs=None) -> Stage2Data:
     """One split's :class:`~emi_lib.train.data.Stage2Data` as every stage-2 caller builds it (notebooks 02-04
     through :func:`prepare_stage2_inputs`, ``python -m emi_lib.train.launch stage2`` and ``predict``): the
     ``streams`` {"vision"/"audio": (modality, key)} read from ``store``; with ``with_raw`` {m: (modality,
     backbone)} each step joined to its raw backbone step from ``raw_store`` (stage-1 inputs "aligned+raw");
     the media-only priors cached in ``raw_store`` (:func:`load_priors`; ``priors=False``: none) with the
     detected-face share folded in (:func:`with_detected_faces`); the text embedding when ``text_pair``.
-    ``packed``: read the streams lazily from ``packed/<modality>/<key>/<split>`` instead (no ``with_raw``)."""
+    ``packed``: read the streams lazily from ``packed/<modality>/<key>/<split>`` instead (no ``with_raw``).
+    ``media`` {stream: DataRoot modality} (:func:`_media`): the clips whose media are absent on disk may lack the
+    stream (``absent``; training refuses more unexplained gaps than ``Stage2Config.max_missing_share``);
+    ``raw_pairs``: the raw inputs of stage-1 streams (:func:`_declare_unalignable`)."""
     raw_store = store if raw_store is None else raw_store
     pri = load_priors(root, raw_store, split) if priors else None
+    absent = media_absent(root, split, ids, media)
     if packed is not None:
         if with_raw:
             raise ValueError("packed stores hold one stream each: stage-1 inputs 'aligned+raw' need per-clip stores")
         d = Stage2Data.from_packed(*(Path(packed) / streams[m][0] / streams[m][1] / split for m in ("vision", "audio")),
-                                   labels=labels, priors=pri, ids=ids)
+                                   labels=labels, priors=pri, ids=ids, absent=absent)
     else:
         d = Stage2Data.from_store(store, split, vision=streams["vision"], audio=streams["audio"], labels=labels,
-                                  priors=pri, ids=ids)
+                                  priors=pri, ids=ids, absent=absent)
     for m, pair in (with_raw or {}).items():  # stage-1 inputs "aligned+raw"
         setattr(d, m, _with_raw(getattr(d, m), raw_store.load_split(*pair, split), d.ids, f"{m} raw+aligned"))
+    if raw_pairs:
+        _declare_unalignable(d, raw_store, raw_pairs, split)
     if d.priors is not None:
         d.priors = with_detected_faces(d.priors, d.vision)
     if text_pair:
         d.text = {k: v.reshape(-1) for k, v in raw_store.load_split(*text_pair, split).items()}
     return d
+
+
+def _failures(store: FeatureStore, pairs, splits, reports=None) -> dict:
+    """Extraction failures of the raw ``(modality, backbone)`` pairs over ``splits``: from this run's reports
+    when given, else as recorded in the store (``_meta.json``, e.g. written by notebook 01)."""
+    out = dict(reports.failures) if reports is not None else {}
+    for mod, backbone in pairs:
+        if backbone and not any(k.startswith(f"{mod}/") for k in (reports or {})):
+            out |= recorded_failures(store, mod, backbone, splits)
+    return out
+
+
+def _warn_failures(failures: dict, what: str) -> None:
+    """One warning naming the failed clips (and those with masked unreadable frames) of every split."""
+    if failures:
+        lines = [failure_line(k, v) for k, v in failures.items()]
+        warnings.warn(f"{what}: feature extraction failures (failed clips have no features: training refuses "
+                      "a split where they exceed Stage2Config.max_missing_share): " + " | ".join(lines), stacklevel=3)
 
 
 def prepare_stage2_inputs(root: str | os.PathLike, profile: str, *, stage1: str = "auto",
@@ -340,26 +387,33 @@ def prepare_stage2_inputs(root: str | os.PathLike, profile: str, *, stage1: str 
     splits = [s for s in SPLITS if s in data.available_splits()]
     text_pair = ("text", text_backbone) if use_text else None
     if s1 is None:
-        extract_all(root, raw_store, vision_backbone, audio_backbone, text_backbone if use_text else None,
-                    splits=splits, progress=False, verbose=verbose)
+        reports = extract_all(root, raw_store, vision_backbone, audio_backbone, text_backbone if use_text else None,
+                              splits=splits, progress=False, verbose=verbose)
         store, streams, kind = raw_store, {"vision": ("vision", vision_backbone), "audio": ("audio", audio_backbone)}, "raw"
         raw_streams = dict(streams)
+        failures = reports.failures
     else:
         store, streams, kind, raw_streams = s1.store, s1.streams, "stage1", s1.raw
+        reports = None
         if use_text:
-            extract_all(root, raw_store, None, None, text_backbone, splits=splits, progress=False, verbose=verbose)
+            reports = extract_all(root, raw_store, None, None, text_backbone, splits=splits, progress=False,
+                                  verbose=verbose)
+        failures = _failures(raw_store, s1.raw.values(), splits, reports)  # notebook 01's extraction of the raw inputs
+    _warn_failures(failures, f"stage-2 inputs of {root}")
     labels = {s: data.split(s) for s in ("train", "valid") if s in splits}
     if stage1_inputs not in STAGE1_INPUTS:
         raise ValueError(f"stage1_inputs must be one of {STAGE1_INPUTS}, got {stage1_inputs!r}")
     with_raw = raw_streams if kind == "stage1" and stage1_inputs == "aligned+raw" else None
+    media = _media({**raw_streams, **({"text": text_pair} if text_pair else {})})
+    unalignable = raw_streams if kind == "stage1" else None
     sets = {s: build_split(root, store, streams, s, raw_store=raw_store, labels=labels.get(s), ids=data.ids(s),
-                           with_raw=with_raw, text_pair=text_pair) for s in splits}
+                           with_raw=with_raw, text_pair=text_pair, media=media, raw_pairs=unalignable) for s in splits}
     std = Standardizer.fit(sets["train"]) if standardize else None
     if std is not None:
         for d in sets.values():
             std.apply(d)
     return Stage2Inputs(root, (root / "synthmimic" / "manifest.json").exists(), kind, note, store, streams, raw_store,
-                        raw_streams, text_pair, sets, std, s1, labels, with_raw)
+                        raw_streams, text_pair, sets, std, s1, labels, with_raw, failures)
 
 
 def inputs_for_root(new_root: str | os.PathLike, like: Stage2Inputs, profile: str, split: str = "test",
@@ -377,8 +431,9 @@ def inputs_for_root(new_root: str | os.PathLike, like: Stage2Inputs, profile: st
     vb, ab = like.raw_streams["vision"][1], like.raw_streams["audio"][1]
     # clips whose media are byte-identical in the original root (e.g. the faces of a test set regenerated with
     # only audio noise) get its stored features instead of a second extraction (emi_lib.features.reuse)
-    extract_all(new_root, raw_store, vb, ab, like.text_pair[1] if like.text_pair else None, splits=[split],
-                progress=False, verbose=verbose, reuse_from=(like.root, like.raw_store))
+    reports = extract_all(new_root, raw_store, vb, ab, like.text_pair[1] if like.text_pair else None, splits=[split],
+                          progress=False, verbose=verbose, reuse_from=(like.root, like.raw_store))
+    _warn_failures(reports.failures, f"inputs of {new_root} ({split})")
     streams = like.streams
     if like.kind == "stage1":
         for m, (mod, key) in like.streams.items():
@@ -401,7 +456,9 @@ def inputs_for_root(new_root: str | os.PathLike, like: Stage2Inputs, profile: st
                               clip_modality=f"{m}_aligned_clip")
             record.write_text(json.dumps(source, indent=1))
     d = build_split(new_root, raw_store, streams, split, ids=data.ids(split), with_raw=like.with_raw,
-                    text_pair=like.text_pair)
+                    text_pair=like.text_pair,
+                    media=_media({**like.raw_streams, **({"text": like.text_pair} if like.text_pair else {})}),
+                    raw_pairs=like.raw_streams if like.kind == "stage1" else None)
     if like.standardizer is not None:
         like.standardizer.apply(d)
     return d

@@ -113,12 +113,16 @@ def run_stage2(a, ctx) -> dict:
     from emi_lib.features.store import FeatureStore
     from emi_lib.train.checkpoint import atomic_write_json, atomic_write_text
     from emi_lib.train.config import stage2_config
+    from emi_lib.train.data import stream_media
     from emi_lib.train.inputs import Standardizer, build_split, load_priors
     from emi_lib.train.run_record import run_record, write_run_record
     from emi_lib.train.stage2 import predict, train_stage2
 
     data, raw_store = DataRoot(a.root), FeatureStore(a.store)
     store, streams, with_raw, s1_path = _stage2_streams(a, raw_store)
+    raw_pairs = with_raw or (None if s1_path else streams)  # the raw features' backbones: what their media are
+    # clips whose media are absent may lack a stream; any other clip lacking one counts against max_missing_share
+    media = {m: stream_media(m, b) for m, (_, b) in (raw_pairs or {}).items()} or None
     sets = {}
     for split in ("train", "valid"):
         ids = data.ids(split)
@@ -131,7 +135,8 @@ def run_stage2(a, ctx) -> dict:
                 load_priors(a.root, raw_store, split)
             barrier()
         sets[split] = build_split(a.root, store, streams, split, raw_store=raw_store, labels=data.split(split),
-                                  ids=ids, with_raw=with_raw, priors=not a.no_priors, packed=a.packed)
+                                  ids=ids, with_raw=with_raw, priors=not a.no_priors, packed=a.packed, media=media,
+                                  raw_pairs=with_raw)
     dims = sets["train"].dims()
     if dims["vision"] is None or dims["audio"] is None:
         raise ValueError(f"no train features for {streams} in {store.root}: extract them first")

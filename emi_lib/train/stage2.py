@@ -14,8 +14,13 @@ Paper (arXiv 2503.10603, stage 2) gives no training recipe; everything here is o
       f(s) = \rho + (1 - \rho)\,\tfrac12\big(1 + \cos(\pi\,\tfrac{s - W}{\max(1, S - W)})\big) \;(s \ge W),
 
   with :math:`W` = ``warmup_steps`` (or ``round(warmup_ratio * S)``) and :math:`\rho` = ``min_lr_ratio``;
+- a split where more than ``max_missing_share`` of the clips lack a stream's features although their
+  media exist (failed extractions, :func:`~emi_lib.train.data.check_missing_share`) is refused before
+  training, naming the clips; clips whose media are absent (``Stage2Data.absent``) are missing modalities;
 - early stopping on the validation mean PCC (``challenge_score`` over the **whole** validation set
-  after each epoch; a NaN score never counts as an improvement), ``patience`` epochs;
+  after each epoch; a NaN score never counts as an improvement), ``patience`` epochs; with
+  ``restore_best`` a run whose every validation score was NaN (so no ``best.pt``) raises ``RuntimeError``
+  rather than returning its last weights as if they were the best;
 - optional (off by default): modality dropout and feature-level face / audio corruptions of the
   training batches (:mod:`emi_lib.train.augment`, drawn from a generator seeded by (seed, epoch,
   step), never in evaluation), and per-modality auxiliary heads, loss
@@ -53,12 +58,9 @@ when it is initialised (:func:`emi_lib.distributed.init_distributed`).
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -68,9 +70,8 @@ import torch
 from emi_lib.constants import EMOTIONS
 from emi_lib.distributed import barrier, broadcast_object
 from emi_lib.eval.metrics import challenge_score
-from emi_lib.features.quality import PRIOR_COLUMNS
-from emi_lib.models.emi_model import EMIModel, EMIModelConfig
-from emi_lib.train.augment import augment_batch, augment_generator, augmentation_enabled, check_augment_fields
+from emi_lib.models.emi_model import EMIModel
+from emi_lib.train.augment import augment_batch, augment_generator, augmentation_enabled
 from emi_lib.train.checkpoint import (
     atomic_torch_save,
     atomic_write_json,
@@ -79,95 +80,25 @@ from emi_lib.train.checkpoint import (
     load_model_state,
     unwrap,
 )
-from emi_lib.train.data import Stage2Data, Stage2Dataset, epoch_batches, eval_batches, shard, to_device
+from emi_lib.train.data import (
+    Stage2Data,
+    Stage2Dataset,
+    check_missing_share,
+    epoch_batches,
+    eval_batches,
+    shard,
+    to_device,
+)
 from emi_lib.train.losses import emi_loss, stage2_loss
 from emi_lib.train.seeding import rng_state, seed_everything, set_rng_state
+from emi_lib.train.stage2_config import RESUMABLE_CHANGES, Stage2Config, check_resumable
 
-#: Config fields that may change between a run and its resume (they do not change the result).
-RESUMABLE_CHANGES = ("device", "num_workers", "ckpt_every_steps")
+__all__ = ["RESUMABLE_CHANGES", "Stage2Config", "TrainingInterrupted", "check_resumable", "load_run", "load_weights",
+           "lr_factor", "predict", "resolve_device", "train_stage2"]
 
 
 class TrainingInterrupted(RuntimeError):
     """Raised by the ``stop_after_steps`` hook (simulates a run killed mid-epoch)."""
-
-
-@dataclass
-class Stage2Config:
-    """One stage-2 run. JSON-able (``to_json``/``from_json``); unknown keys raise."""
-
-    model: dict = field(default_factory=lambda: EMIModelConfig().to_dict())  # EMIModelConfig fields
-    mse_weight: float = 1.0  # lambda_mse of the loss
-    pcc_weight: float = 1.0  # lambda_pcc of the loss (mean over emotions of 1 - batch r)
-    lr: float = 2e-3  # peak AdamW learning rate
-    weight_decay: float = 1e-2  # AdamW weight decay (weights only, not biases / norms)
-    warmup_steps: int | None = None  # linear warm-up steps; None = round(warmup_ratio * total steps)
-    warmup_ratio: float = 0.05  # warm-up share of all steps when warmup_steps is None
-    min_lr_ratio: float = 0.0  # floor of the cosine decay, as a share of lr
-    epochs: int = 30  # maximum epochs
-    batch_size: int = 32  # training clips per optimiser step (per rank under DDP)
-    eval_batch_size: int | None = None  # clips per evaluation batch; None = 2 * batch_size
-    grad_clip: float | None = 1.0  # max global gradient norm; None = no clipping
-    patience: int | None = 6  # stop after this many epochs without a better val mean PCC; None = off
-    min_delta: float = 0.0  # an improvement must exceed the best score by more than this
-    drop_last: bool = True  # drop an incomplete last training batch (never in evaluation)
-    bucket_by_length: bool = False  # training batches group clips of similar length (emi_lib.train.buckets)
-    seed: int = 0  # seeds init, dropout and the per-epoch batch order
-    deterministic: bool = True  # deterministic kernels where cheap (seeding.seed_everything)
-    max_len: int | None = 256  # longer vision (and audio) sequences are subsampled to this many steps
-    max_len_audio: int | None = None  # audio limit if it should differ; None = max_len
-    prior_columns: dict = field(default_factory=lambda: {k: list(v) for k, v in PRIOR_COLUMNS.items()})
-    # ^ prior-table columns fed per stream when model["use_priors"]; lengths must equal prior_dims
-    ckpt_every_steps: int | None = 50  # also checkpoint every this many optimiser steps; None = epochs only
-    restore_best: bool = True  # return (and leave in memory) the best validation weights
-    num_workers: int = 0  # DataLoader workers for training batches (0 = collate in this process)
-    device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda" | "cuda:1" ...
-    # --- training-time augmentation (emi_lib.train.augment) and auxiliary heads; all off by default ---
-    modality_dropout: float = 0.0  # share of training clips losing one of their (>= 2) available streams
-    corrupt_prob: float = 0.0  # share of training clips given a face-span or an audio-noise corruption
-    corrupt_face_span: list = field(default_factory=lambda: [0.3, 1.0])  # range of the hidden vision share
-    corrupt_snr_db: list = field(default_factory=lambda: [-10.0, 20.0])  # range of the audio-noise SNR (dB)
-    aux_weight: float = 0.0  # w_aux of the per-modality heads' loss (needs model aux_heads=True)
-
-    def __post_init__(self):
-        if isinstance(self.model, EMIModelConfig):
-            self.model = self.model.to_dict()
-        mcfg = self.model_config()  # validates the model fields
-        self.model = mcfg.to_dict()
-        self.prior_columns = {str(k): [str(c) for c in v] for k, v in self.prior_columns.items()}
-        if mcfg.use_priors:
-            for m, d in mcfg.prior_dims.items():
-                if d and len(self.prior_columns.get(m, [])) != d:
-                    raise ValueError(f"model prior_dims[{m!r}] = {d} but prior_columns[{m!r}] = "
-                                     f"{self.prior_columns.get(m)}: give one column per prior value")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError("epochs and batch_size must be >= 1")
-        check_augment_fields(self)
-
-    def model_config(self) -> EMIModelConfig:
-        return EMIModelConfig.from_dict(dict(self.model))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Stage2Config:
-        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown Stage2Config fields {unknown}")
-        return cls(**d)
-
-    def to_json(self, path=None) -> str:
-        text = json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
-        if path is not None:
-            atomic_write_text(text, path)
-        return text
-
-    @classmethod
-    def from_json(cls, src) -> Stage2Config:
-        """From a JSON string or a path to a JSON file."""
-        s = str(src)
-        text = Path(s).read_text() if not s.lstrip().startswith("{") else s
-        return cls.from_dict(json.loads(text))
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> float:
@@ -280,19 +211,6 @@ def _fresh_state() -> dict:
             "bad_epochs": 0, "finished": False, "history": [], "accum": accum}
 
 
-def _check_resumable(saved: dict, cfg: Stage2Config, path: Path) -> None:
-    now = cfg.to_dict()
-    # a field added after the checkpoint was written counts as its default (it did not exist, so it was off)
-    defaults = Stage2Config().to_dict()
-    saved = {**{k: v for k, v in defaults.items() if k not in saved and k != "model"}, **saved}
-    if isinstance(saved.get("model"), dict):  # the same for model fields (e.g. aux_heads)
-        saved["model"] = {**EMIModelConfig().to_dict(), **saved["model"]}
-    diff = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
-    if diff:
-        raise ValueError(f"{path} was written with another config (fields {diff} differ): use a new run_dir "
-                         "or resume=False")
-
-
 def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data, run_dir, progress: bool = True,
                  resume: bool = True, rank: int | None = None, world_size: int | None = None,
                  stop_after_steps: int | None = None, log_epochs: bool = False):
@@ -313,9 +231,13 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
     net.stage2_config = cfg
     if rank > 0:  # own dropout draws per rank; the initial weights are rank 0's (DDP broadcasts them)
         torch.manual_seed(cfg.seed + rank)
+    for name, d in (("train", train_data), ("valid", val_data)):  # failed features are not missing modalities
+        check_missing_share(d, net.modalities, cfg.max_missing_share, name)
     train_ds, val_ds = _dataset(cfg, train_data), _dataset(cfg, val_data)
     if train_ds.labels is None or val_ds.labels is None:
         raise ValueError("train_data and val_data need labels")
+    if train_ds.priors is not None:  # standardisation of the priors from the training clips (model buffers)
+        net.set_prior_stats(train_ds.priors, cfg.prior_columns)
     decay = [p for p in net.parameters() if p.requires_grad and p.ndim > 1]
     no_decay = [p for p in net.parameters() if p.requires_grad and p.ndim <= 1]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
@@ -331,7 +253,7 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
     ck = load_checkpoint(ckpt_path) if main and resume and ckpt_path.exists() else None
     ck = broadcast_object(ck) if world > 1 else ck
     if ck is not None:
-        _check_resumable(ck["config"], cfg, ckpt_path)
+        check_resumable(ck["config"], cfg, ckpt_path)
         load_model_state(net, ck["model"], str(ckpt_path))
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["scheduler"])
@@ -447,8 +369,14 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
     if cfg.restore_best:  # rank 0 reads best.pt and broadcasts it: every rank ends with the same weights
         best = load_checkpoint(best_path)["model"] if main and best_path.exists() else None
         best = broadcast_object(best) if world > 1 else best
-        if best is not None:
-            load_model_state(net, {k: v.to(device) for k, v in best.items()}, str(best_path))
+        if best is None:  # never the last weights in place of the best ones
+            scores = [r["val_mean_pcc"] for r in st["history"]]
+            raise RuntimeError(
+                f"{run_dir}: no best checkpoint ({best_path.name}) was written: every validation score of the "
+                f"{len(scores)} epoch(s) was NaN ({scores}), e.g. a constant prediction or label column, so "
+                "there are no best weights to restore; fix the data or model, or set restore_best=False to keep "
+                "the last weights")
+        load_model_state(net, {k: v.to(device) for k, v in best.items()}, str(best_path))
     history = pd.DataFrame(st["history"]).set_index("epoch", drop=False) if st["history"] else pd.DataFrame()
     history.attrs.update(best_epoch=st["best_epoch"], best_score=st["best_score"],
                          stopped_early=len(st["history"]) < cfg.epochs)

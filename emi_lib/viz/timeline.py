@@ -14,7 +14,8 @@ window of ``window_s`` seconds, :math:`K_m(t) = \{k : |\tau_{m,k} - t| \le \tfra
 .. math::
 
     \bar h_m(t) &= \mathrm{Pool}_m(\{h_{m,k}\}_{k \in K_m(t)}) \quad(\text{the model's own pooling module}) \\
-    s_m(t) &= \mathrm{MLP}_m([\bar h_m(t);\ \pi_m]) \quad(\text{its quality MLP, the clip's priors } \pi_m) \\
+    s_m(t) &= \mathrm{MLP}_m([\bar h_m(t);\ \tilde\pi_m]) \quad(\text{its quality MLP; } \tilde\pi_m
+    \text{: the clip's priors as the fusion reads them, standardised with known/unknown indicators}) \\
     w_m(t) &= \frac{a_m(t)\, e^{s_m(t)/\tau}}{\sum_n a_n(t)\, e^{s_n(t)/\tau}}, \qquad
     a_m(t) = a_m \cdot [K_m(t) \ne \emptyset].
 
