@@ -126,3 +126,28 @@ def test_ridge_baseline_is_deterministic_and_finite():
     sets, labels = _fake_sets()
     a, b = ridge_scores(sets, "test", labels), ridge_scores(sets, "test", labels)
     assert a == b and math.isfinite(a["mean"]) and set(a) == {"mean", *EMOTIONS}
+
+
+def test_raw_arms_read_the_backbones_stage1_aligned(monkeypatch):
+    """'No stage 1' compares aligned with raw features *of the same backbones*; a backbone arm changes one."""
+    from types import SimpleNamespace
+
+    import emi_lib.train.inputs as inputs_mod
+    from emi_lib.experiments.ablation import ablation_inputs
+
+    calls = []
+
+    def fake_prepare(root, profile, *, stage1="auto", use_text=False, verbose=True, **kw):
+        calls.append({"stage1": stage1, **kw})
+        raw = {"vision": ("vision", "face-x"), "audio": ("audio", "voice-y")}
+        s1 = SimpleNamespace(finetuned_backbone=None)
+        return SimpleNamespace(kind="stage1" if stage1 != "none" else "raw", raw_streams=raw, note="",
+                               stage1=s1 if stage1 != "none" else None)
+
+    monkeypatch.setattr(inputs_mod, "prepare_stage2_inputs", fake_prepare)
+    inputs, variants, notes = ablation_inputs("/r", "smoke", ["full", "no_stage1", "a_logmel", "v_finetuned"])
+    assert calls[0]["stage1"] == "auto"
+    raw = {tuple(sorted(c.items())) for c in calls[1:]}
+    assert (("audio_backbone", "voice-y"), ("stage1", "none"), ("vision_backbone", "face-x")) in raw  # no_stage1
+    assert (("audio_backbone", "logmel"), ("stage1", "none"), ("vision_backbone", "face-x")) in raw  # a_logmel
+    assert "v_finetuned" not in variants and any("fine-tuned" in n for n in notes)  # no out-of-fold tower: dropped
