@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv, then run every numbered notebook (profile demo) on SynthMimic
-#   make test   set up .venv, then run the whole test suite (unit tests, papermill and nbval runs)
+#   make test   set up .venv, then run the whole test suite (unit tests, papermill and nbval runs) in two
+#               processes (pytest-xdist; each worker has its own runs folder, a notebook's cells stay on one worker)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -30,7 +31,7 @@ test: $(STAMP)
 	rm -rf $(TEST_RUNS)
 	EMI_PROFILE=smoke EMI_RUNS_DIR=$(abspath $(TEST_RUNS))/nbval EMI_FIGURES_DIR=$(abspath $(TEST_RUNS))/figures \
 	  HF_HUB_OFFLINE=1 MPLBACKEND=Agg \
-	  $(PY) -m pytest -q tests --nbval-lax notebooks
+	  $(PY) -m pytest -q -n 2 --dist loadfile tests --nbval-lax notebooks
 
 lint: $(STAMP)
 	$(PY) -m ruff check emi_lib tests benchmarks notebooks

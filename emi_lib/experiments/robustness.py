@@ -32,7 +32,8 @@ CLEAN = dict(occlusion_rate=0.0, missing_frames_rate=0.0, no_face_rate=0.0, nois
              dropout_rate=0.0, missing_audio_rate=0.0, silent_rate=0.0)
 
 #: default severity levels per profile: occlusion rates and SNRs in dB
-LEVELS = {"smoke": {"occlusion": (0.5, 1.0), "snr": (10.0, -10.0)},
+#: severity levels per profile (clean is always added); smoke: the most severe level of each axis only (tests)
+LEVELS = {"smoke": {"occlusion": (1.0,), "snr": (-10.0,)},
           "demo": {"occlusion": (0.5, 1.0), "snr": (5.0, -10.0)}}
 
 
