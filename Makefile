@@ -2,6 +2,7 @@
 #   make demo   set up .venv, then run every numbered notebook (profile demo) on SynthMimic
 #   make test   set up .venv, then run the whole test suite (unit tests, papermill and nbval runs) in two
 #               processes (pytest-xdist; each worker has its own runs folder, a notebook's cells stay on one worker)
+# and make docs renders the executed notebooks of runs/demo as pages in docs/notebooks/ (the last step of make demo).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -9,7 +10,7 @@ STAMP  := $(VENV)/.installed
 # Smoke-profile notebook runs of the test suite write here, never into runs/demo or figures/.
 TEST_RUNS ?= runs/test
 
-.PHONY: install demo test lint clean
+.PHONY: install demo docs test lint clean
 
 install: $(STAMP)
 
@@ -26,6 +27,11 @@ $(STAMP): requirements.txt requirements-nodeps.txt requirements.lock pyproject.t
 demo: $(STAMP)
 	$(PY) -m emi_lib.run_notebooks --profile demo --out runs/demo
 	$(PY) -m emi_lib.report
+	$(MAKE) --no-print-directory docs
+
+# The executed notebooks as Markdown pages with their images (refuses, naming them, if a notebook has no executed copy)
+docs: $(STAMP)
+	$(PY) -m emi_lib.docs --runs runs/demo --out docs/notebooks
 
 test: $(STAMP)
 	rm -rf $(TEST_RUNS)
