@@ -261,8 +261,10 @@ def extract_split(
     if unknown:
         raise ValueError(f"ids not in split {split}: {unknown[:5]}")
     folder = store.folder(modality, name, split)
-    rank, world = _rank_world()
-    all_wanted, wanted = wanted, wanted[rank::world]  # this rank's clips (all of them in one process)
+    from emi_lib.distributed import rank_world, shard_ids  # here: importing the module needs no torch
+
+    rank, world = rank_world()
+    all_wanted, wanted = wanted, shard_ids(wanted, rank, world)  # this rank's clips (all of them in one process)
     rep = ExtractionReport(split, modality, backbone, name, folder, n_clips=len(wanted))
     rep.cleaned_tmp = _clean_stale_tmp(folder) if rank == 0 else 0
     done = store.done_ids(modality, name, split)
@@ -421,16 +423,6 @@ def _merge_parts(backbone: str, name: str, reps: list[ExtractionReport]) -> Extr
                 seen_f.add(row[0])
                 out.issues.skipped.append(row)
     return out
-
-
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size) of an initialised torch.distributed group, else (0, 1)."""
-    import torch
-
-    d = torch.distributed
-    if d.is_available() and d.is_initialized():
-        return d.get_rank(), d.get_world_size()
-    return 0, 1
 
 
 def _merge_ranks(rep: ExtractionReport, todo: list[str], time_axis: str, wanted: list[str]):

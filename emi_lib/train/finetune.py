@@ -48,6 +48,7 @@ from open_clip.loss import ClipLoss
 from torch import nn
 
 from emi_lib.data import DataError, DataRoot
+from emi_lib.distributed import resolve_device
 from emi_lib.eval.retrieval import retrieval_recall
 
 
@@ -74,7 +75,7 @@ class FinetuneConfig:
     learn_logit_scale: bool = True  # False = temperature fixed at its init
     eval_every: int = 0  # validate every N epochs (0 = before and after training only)
     seed: int = 0  # torch + numpy seed (init of the heads, batches, frame sampling, folds)
-    device: str = "cpu"  # torch device of the tower and heads
+    device: str = "cpu"  # torch device of the tower and heads ("auto": CUDA if available; resolve_device)
 
     def __post_init__(self):
         if self.frame_sampling not in ("stratified", "random"):
@@ -202,7 +203,8 @@ def setup(cfg: FinetuneConfig, n_steps: int):
     from emi_lib.features import load_backbone
 
     torch.manual_seed(cfg.seed)
-    model = FinetuneModel(load_backbone("vision", cfg.backbone, cfg.device), cfg).to(cfg.device)
+    device = resolve_device(cfg.device)
+    model = FinetuneModel(load_backbone("vision", cfg.backbone, device), cfg).to(device)
     groups: dict[tuple[bool, bool], list] = {}
     for n, p in model.named_parameters():
         if p.requires_grad:  # open_clip's rule: no decay on biases, norms, embeddings, the logit scale
@@ -225,7 +227,7 @@ def train_one_epoch(model, frames, text, ids, opt, sched, loss_fn, rng: np.rando
     for b in range(n):
         bids = [ids[i] for i in perm[b * bs : (b + 1) * bs]]
         x = _batch(frames, bids, cfg.frames_per_clip, rng, cfg.frame_sampling)
-        loss = loss_fn(*model(x, _text(text, bids).to(cfg.device)))
+        loss = loss_fn(*model(x, _text(text, bids).to(model.mean.device)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

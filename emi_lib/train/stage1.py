@@ -54,15 +54,6 @@ from emi_lib.features.store import valid_steps
 from emi_lib.models.aligner import AlignerConfig, ModalityTextAligner, build_loss, pad_batch
 
 
-def resolve_device(name: str, world: int = 1) -> torch.device:
-    """``"auto"``: CUDA if available, else the CPU; under DDP ``"auto"``/``"cuda"`` mean GPU ``LOCAL_RANK``."""
-    if name == "auto" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    if name in ("auto", "cuda"):
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if world > 1 else "cuda")
-    return torch.device(name)
-
-
 def usable_ids(feats: dict, text: dict | None = None) -> list[str]:
     """Ids with at least one valid (unmasked) frame (and a text embedding when ``text`` is given), sorted."""
     if hasattr(feats, "length"):  # a lazy PackedStore: lengths from its index, no data read
@@ -166,13 +157,13 @@ def train_aligner(cfg: AlignerConfig, train_feats: dict, train_text: dict, val_f
     ``log_epochs`` prints one line per epoch on rank 0 (epoch, train and validation loss, seconds): the
     command line's record of a run without a progress bar. ``train_labels`` (index = clip ids, six emotion
     columns) is required when ``cfg.label_aware``."""
-    from emi_lib.distributed import all_gather_with_grad, broadcast_object, context
+    from emi_lib.distributed import all_gather_with_grad, broadcast_object, context, resolve_device
 
     ctx = context()
     rank, world = ctx.rank, ctx.world
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)  # the same permutations on every rank
-    dev = resolve_device(cfg.device, world)
+    dev = resolve_device(cfg.device, rank, world)
     ids = usable_ids(train_feats, train_text)
     if len(ids) < 2:
         raise ValueError(f"contrastive training needs at least 2 clips with {cfg.modality} features and text, got {len(ids)}")

@@ -59,7 +59,6 @@ when it is initialised (:func:`emi_lib.distributed.init_distributed`).
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 
@@ -68,7 +67,7 @@ import pandas as pd
 import torch
 
 from emi_lib.constants import EMOTIONS
-from emi_lib.distributed import barrier, broadcast_object
+from emi_lib.distributed import all_gather_object, barrier, broadcast_object, rank_world, resolve_device
 from emi_lib.eval.metrics import challenge_score
 from emi_lib.models.emi_model import EMIModel
 from emi_lib.train.augment import augment_batch, augment_generator, augmentation_enabled
@@ -94,7 +93,7 @@ from emi_lib.train.seeding import rng_state, seed_everything, set_rng_state
 from emi_lib.train.stage2_config import RESUMABLE_CHANGES, Stage2Config, check_resumable
 
 __all__ = ["RESUMABLE_CHANGES", "Stage2Config", "TrainingInterrupted", "check_resumable", "load_run", "load_weights",
-           "lr_factor", "predict", "resolve_device", "train_stage2"]
+           "lr_factor", "predict", "train_stage2"]
 
 
 class TrainingInterrupted(RuntimeError):
@@ -107,36 +106,6 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float = 0.0) -> flo
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
     return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _dist(rank, world_size) -> tuple[int, int]:
-    if rank is None or world_size is None:
-        d = torch.distributed
-        if d.is_available() and d.is_initialized():
-            return (d.get_rank() if rank is None else rank), (d.get_world_size() if world_size is None else world_size)
-        return (rank or 0), (world_size or 1)
-    return int(rank), int(world_size)
-
-
-def _gather(obj, world: int) -> list:
-    if world <= 1:
-        return [obj]
-    out = [None] * world
-    torch.distributed.all_gather_object(out, obj)
-    return out
-
-
-def resolve_device(device: str = "auto", rank: int = 0, world: int = 1) -> torch.device:
-    """``"auto"``: CUDA if available (under DDP the GPU ``LOCAL_RANK``, set by torchrun; else
-    ``rank % device_count``), else the CPU. ``"cuda"`` under DDP also means this rank's GPU."""
-    if device == "auto" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    if device in ("auto", "cuda"):
-        if world > 1:
-            local = int(os.environ.get("LOCAL_RANK", rank))
-            return torch.device(f"cuda:{local % torch.cuda.device_count()}")
-        return torch.device("cuda")
-    return torch.device(device)
 
 
 def _dataset(cfg: Stage2Config, data: Stage2Data) -> Stage2Dataset:
@@ -168,8 +137,8 @@ def _run_eval(model, ds: Stage2Dataset, batch_size: int, device, rank: int = 0, 
         if out["scores"] is not None:
             parts["scores"].append(out["scores"].float().cpu().numpy())
     net.train(was_training)
-    gathered = _gather({k: (v if k == "idx" else (np.concatenate(v) if v else None)) for k, v in parts.items()},
-                       world)
+    gathered = all_gather_object({k: (v if k == "idx" else (np.concatenate(v) if v else None))
+                                  for k, v in parts.items()})
     idx = np.concatenate([np.asarray(g["idx"], dtype=int) for g in gathered])
     order = np.argsort(idx)
     if not np.array_equal(idx[order], np.arange(len(ds))):
@@ -192,7 +161,7 @@ def predict(model, data: Stage2Data, batch_size: int = 64, cfg: Stage2Config | N
     to the config the model was trained or loaded with (``model.stage2_config``)."""
     net = unwrap(model)
     cfg = cfg or getattr(net, "stage2_config", None) or Stage2Config(model=net.cfg.to_dict(), max_len=None)
-    rank, world = _dist(rank, world_size)
+    rank, world = rank_world(rank, world_size)
     device = device or next(net.parameters()).device
     res = _run_eval(model, _dataset(cfg, data), batch_size, device, rank, world)
     ids = pd.Index(data.ids, name="Filename")
@@ -221,7 +190,7 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
     epoch on rank 0 (epoch, train loss, validation mean PCC, seconds), for runs without a progress bar."""
     from tqdm.auto import tqdm
 
-    rank, world = _dist(rank, world_size)
+    rank, world = rank_world(rank, world_size)
     main = rank == 0
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -286,7 +255,7 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
 
     def save(order):  # called on every rank at the same steps (per-rank states are gathered)
         rng = rng_state()
-        per_rank = _gather({"rng": rng, "batch_order": order, "accum": dict(st["accum"])}, world)
+        per_rank = all_gather_object({"rng": rng, "batch_order": order, "accum": dict(st["accum"])})
         if main:
             extra = {"world_size": world, "per_rank": per_rank} if world > 1 else {}
             atomic_torch_save({"format": 1, "config": cfg.to_dict(), "model": net.state_dict(),
@@ -337,7 +306,7 @@ def train_stage2(cfg: Stage2Config, train_data: Stage2Data, val_data: Stage2Data
         score = challenge_score(pred, val_labels)
         vloss, vparts = emi_loss(torch.tensor(res["pred"]), torch.tensor(val_labels.to_numpy()),
                                  cfg.mse_weight, cfg.pcc_weight)
-        gathered = _gather(st["accum"], world)
+        gathered = all_gather_object(st["accum"])
         acc = {k: sum(a[k] for a in gathered) for k in st["accum"]}
         n = max(acc["n"], 1)
         row = {"epoch": epoch + 1, "step": st["global_step"], "lr": sched.get_last_lr()[0],
@@ -392,6 +361,7 @@ def load_weights(model: EMIModel, path, map_location="cpu") -> EMIModel:
 def load_run(run_dir, which: str = "best", device: str = "cpu") -> tuple[EMIModel, Stage2Config]:
     """The model of a run (``which`` = "best" or "checkpoint"), built from the checkpoint's own config."""
     path = Path(run_dir) / f"{which}.pt"
+    device = resolve_device(device)
     ck = load_checkpoint(path, map_location=device)
     cfg = Stage2Config.from_dict(ck["config"])
     model = load_model_state(EMIModel(cfg.model_config()), ck["model"], str(path)).to(device)
