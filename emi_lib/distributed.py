@@ -190,8 +190,9 @@ def gather_predictions(ids, preds, columns=EMOTIONS, expected=None) -> pd.DataFr
     is kept once; with different values, or a clip of ``expected`` that no rank sent, or one that it
     does not list, raises ``ValueError`` (on every rank alike)."""
     ids = [str(i) for i in ids]
+    cols = list(columns)
     arr = np.asarray(preds.loc[ids].to_numpy() if isinstance(preds, pd.DataFrame) else preds, dtype=np.float64)
-    arr = arr.reshape(len(ids), -1)
+    arr = arr.reshape(len(ids), -1) if arr.size else arr.reshape(len(ids), len(cols))  # a rank may hold no clip
     parts = all_gather_object((ids, arr))  # first: every rank must reach the gather, even with bad input
     dup = [r for r, (g_ids, _) in enumerate(parts) if len(set(g_ids)) != len(g_ids)]
     if dup:
@@ -212,6 +213,5 @@ def gather_predictions(ids, preds, columns=EMOTIONS, expected=None) -> pd.DataFr
         if missing or extra:
             raise ValueError(f"gathered predictions lack {len(missing)} clip(s) (e.g. {missing[:5]}) and hold "
                              f"{len(extra)} unexpected one(s) (e.g. {extra[:5]})")
-    cols = list(columns)
     data = np.stack([rows[c] for c in order]) if order else np.zeros((0, len(cols)))
     return pd.DataFrame(data, index=pd.Index(order, name="Filename"), columns=cols)

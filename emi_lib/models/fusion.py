@@ -136,6 +136,8 @@ class Fusion(nn.Module):
     """
 
     weights_meaning = "per-clip modality weights"
+    #: whether ``forward`` returns per-clip quality ``scores`` (else None)
+    has_scores = False
 
     def __init__(
         self,
@@ -307,6 +309,7 @@ class QualityGuidedFusion(Fusion):
     """
 
     weights_meaning = "learned quality weights"
+    has_scores = True
 
     def __init__(
         self,

@@ -67,7 +67,14 @@ import pandas as pd
 import torch
 
 from emi_lib.constants import EMOTIONS
-from emi_lib.distributed import all_gather_object, barrier, broadcast_object, rank_world, resolve_device
+from emi_lib.distributed import (
+    all_gather_object,
+    barrier,
+    broadcast_object,
+    gather_predictions,
+    rank_world,
+    resolve_device,
+)
 from emi_lib.eval.metrics import challenge_score
 from emi_lib.models.emi_model import EMIModel
 from emi_lib.train.augment import augment_batch, augment_generator, augmentation_enabled
@@ -124,29 +131,28 @@ def _iter_batches(ds: Stage2Dataset, batches: list, num_workers: int):
 
 @torch.no_grad()
 def _run_eval(model, ds: Stage2Dataset, batch_size: int, device, rank: int = 0, world: int = 1) -> dict:
-    """Predict every clip of ``ds`` (contiguous batches, none dropped; shards gathered under DDP)."""
+    """Predict every clip of ``ds``: this rank's share of the contiguous evaluation batches (none dropped),
+    then every rank's rows together in ``ds.ids`` order (:func:`~emi_lib.distributed.gather_predictions`,
+    which also checks that each clip was predicted exactly once). Arrays of float32, ``scores`` None for a
+    fusion without quality scores."""
     net = unwrap(model)
     was_training = net.training
     net.eval()
-    parts = {"idx": [], "pred": [], "weights": [], "available": [], "scores": []}
+    mods = list(net.modalities)
+    width = {"pred": len(EMOTIONS), "weights": len(mods), "available": len(mods), "scores": len(mods)}
+    keys = ["pred", "weights", "available"] + (["scores"] if net.fusion.has_scores else [])
+    ids, rows = [], []
     for b in shard(eval_batches(len(ds), batch_size), rank, world, even=False):
         out = net(to_device(ds.collate(b), device))
-        parts["idx"] += b
-        for k in ("pred", "weights", "available"):
-            parts[k].append(out[k].float().cpu().numpy())
-        if out["scores"] is not None:
-            parts["scores"].append(out["scores"].float().cpu().numpy())
+        ids += [ds.ids[i] for i in b]
+        rows.append(np.concatenate([out[k].float().cpu().numpy() for k in keys], axis=1))
     net.train(was_training)
-    gathered = all_gather_object({k: (v if k == "idx" else (np.concatenate(v) if v else None))
-                                  for k, v in parts.items()})
-    idx = np.concatenate([np.asarray(g["idx"], dtype=int) for g in gathered])
-    order = np.argsort(idx)
-    if not np.array_equal(idx[order], np.arange(len(ds))):
-        raise RuntimeError(f"evaluation scored {len(set(idx.tolist()))} of {len(ds)} clips")
-    res = {"modalities": list(net.modalities)}
-    for k in ("pred", "weights", "available", "scores"):
-        arrs = [g[k] for g in gathered if g[k] is not None]
-        res[k] = np.concatenate(arrs)[order] if arrs else None
+    columns = [f"{k}_{j}" for k in keys for j in range(width[k])]
+    table = gather_predictions(ids, np.concatenate(rows) if rows else np.zeros((0, len(columns))), columns,
+                               expected=ds.ids).to_numpy()
+    res, at = {"modalities": mods, "scores": None}, 0
+    for k in keys:  # float32 -> float64 (the gather) -> float32 is exact
+        res[k], at = table[:, at: at + width[k]].astype(np.float32), at + width[k]
     return res
 
 
