@@ -60,7 +60,7 @@ from open_clip.loss import ClipLoss
 from torch import nn
 
 from emi_lib.features.store import valid_steps
-from emi_lib.models.fusion import masked_mean, masked_softmax
+from emi_lib.models.pooling import AttentionPooling, masked_mean
 
 POOLINGS = ("attention", "mean")
 LABEL_DISTANCES = ("l1", "cosine")
@@ -180,24 +180,6 @@ def _mlp(in_dim: int, hidden: int, out_dim: int, layers: int, dropout: float, no
     return nn.Sequential(*mods)
 
 
-class FrameAttentionPool(nn.Module):
-    r"""Masked attention pooling :math:`a_t = \mathrm{softmax}_{valid}(w^\top\tanh(V h_t))`, :math:`\sum_t a_t h_t`.
-
-    No biases, as in the equation; an all-False mask gives the zero vector (never NaN)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.V = nn.Linear(dim, hidden, bias=False)
-        self.w = nn.Linear(hidden, 1, bias=False)
-
-    def weights(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) attention weights, exactly 0 on padding."""
-        return masked_softmax(self.w(torch.tanh(self.V(h))).squeeze(-1), mask, dim=1)
-
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bt,btd->bd", self.weights(h, mask), h)
-
-
 class ModalityTextAligner(nn.Module):
     """One modality-text contrastive network (see the module docstring)."""
 
@@ -205,7 +187,8 @@ class ModalityTextAligner(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.frame_proj = _mlp(cfg.in_dim, cfg.hidden, cfg.embed_dim, cfg.frame_layers, cfg.dropout, cfg.input_norm)
-        self.pool = FrameAttentionPool(cfg.embed_dim, cfg.attn_hidden) if cfg.pooling == "attention" else None
+        # no biases, as in the equation (module docstring)
+        self.pool = AttentionPooling(cfg.embed_dim, cfg.attn_hidden, bias=False) if cfg.pooling == "attention" else None
         self.text_proj = _mlp(cfg.text_dim, cfg.hidden, cfg.embed_dim, cfg.text_layers, cfg.dropout, cfg.input_norm)
         if not cfg.text_trainable:
             for p in self.text_proj.parameters():

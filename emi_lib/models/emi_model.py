@@ -40,8 +40,9 @@ from torch import nn
 
 from emi_lib.constants import EMOTIONS
 from emi_lib.features.quality import PRIOR_COLUMNS
-from emi_lib.models.fusion import FUSION_KINDS, POOLING_KINDS, Fusion, build_fusion
+from emi_lib.models.fusion import FUSION_KINDS, Fusion, build_fusion
 from emi_lib.models.gated_bilstm import GatedBiLSTM
+from emi_lib.models.pooling import POOLING_KINDS
 from emi_lib.models.tcn import TemporalConvNet
 
 #: Every value of ``EMIModelConfig.fusion``: the fusions, plus the single-stream ablations.

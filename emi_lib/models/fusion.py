@@ -21,10 +21,11 @@ is (B,). Modality m is **available** for clip i when its mask has a valid step a
   for the mix, the masked mean);
 - ``modalities``: the M names, in column order.
 
-**Pooling** a stream to a clip vector :math:`\bar h = \sum_t a_t h_t` with
+**Pooling** a stream to a clip vector :math:`\bar h = \sum_t a_t h_t` (:mod:`emi_lib.models.pooling`, shared
+with the stage-1 aligner):
 
 - ``"mean"``: :math:`a_t = m_t / \max(1, \sum_s m_s)`;
-- ``"attention"``: :math:`a = \mathrm{softmax}_{t: m_t}(v^\top \tanh(W h_t + c))`;
+- ``"attention"``: :math:`a = \mathrm{softmax}_{t: m_t}(v^\top \tanh(W h_t + c) + d)`;
 
 both give the zero vector for an all-False mask (never NaN).
 """
@@ -36,58 +37,10 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from emi_lib.models.pooling import make_pooling, masked_mean, masked_softmax
+
 #: Names accepted by ``build_fusion`` (single-stream ablations are built by ``EMIModel``).
 FUSION_KINDS = ("quality", "equal", "static", "concat")
-POOLING_KINDS = ("mean", "attention")
-
-
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    r"""Softmax over the True entries of ``mask`` along ``dim``; masked entries get exactly 0.
-
-    Masked scores are set to :math:`-\infty` before the softmax. Guard: a slice with no True entry
-    would give 0/0 = NaN (also in the backward pass, even under a later ``where``), so its scores
-    are replaced by 0 before the softmax and its output is multiplied by the (all-zero) mask:
-    the slice returns all zeros, with finite gradients.
-    """
-    mask = mask.bool()
-    any_valid = mask.any(dim=dim, keepdim=True)
-    s = scores.masked_fill(~mask, float("-inf"))
-    s = torch.where(any_valid, s, torch.zeros_like(s))
-    return torch.softmax(s, dim=dim) * mask.to(scores.dtype)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` (B, T, D) over valid steps of ``mask`` (B, T); zero vector when none is valid."""
-    m = mask.to(x.dtype).unsqueeze(-1)
-    return (x.masked_fill(m == 0, 0.0)).sum(1) / m.sum(1).clamp(min=1.0)
-
-
-class MeanPooling(nn.Module):
-    """Masked mean over time (no parameters)."""
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_mean(x, mask)
-
-
-class AttentionPooling(nn.Module):
-    r"""Masked additive attention pooling, :math:`a = \mathrm{softmax}_{valid}(v^\top\tanh(Wh_t+c))`."""
-
-    def __init__(self, dim: int, hidden: int = 64):
-        super().__init__()
-        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        a = masked_softmax(self.score(x).squeeze(-1), mask, dim=1)  # (B, T)
-        return torch.einsum("bt,btd->bd", a, x.masked_fill(~mask.bool().unsqueeze(-1), 0.0))
-
-
-def make_pooling(kind: str, dim: int, hidden: int = 64) -> nn.Module:
-    """``"mean"`` or ``"attention"`` pooling for a stream of feature size ``dim``."""
-    if kind == "mean":
-        return MeanPooling()
-    if kind == "attention":
-        return AttentionPooling(dim, hidden)
-    raise ValueError(f"unknown pooling {kind!r}; choose one of {POOLING_KINDS}")
 
 
 def resample_linear(x: torch.Tensor, mask: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
