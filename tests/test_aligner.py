@@ -16,8 +16,8 @@ from emi_lib.models.aligner import (
     ModalityTextAligner,
     build_loss,
     label_distance,
-    pad_batch,
 )
+from emi_lib.models.padding import pad_batch
 
 D, DT = 10, 12
 

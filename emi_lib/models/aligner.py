@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -130,41 +129,6 @@ class AlignerConfig:
                     batch_size=16, epochs=10, max_steps=32)
         base.update(overrides)
         return cls(**base)
-
-
-def pad_batch(arrays: Sequence[np.ndarray], dim: int | None = None,
-              max_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad a list of (T_i, D) arrays into ``x`` (B, T_max, D) float32 and a prefix ``mask`` (B, T_max) bool.
-
-    A (0, D) or empty array gives an all-False mask row; a row of NaN (a masked step, see
-    :func:`emi_lib.features.store.valid_steps`) is a zero input with mask False. ``dim`` is needed when every array is
-    empty. ``max_steps`` subsamples a longer sequence at evenly spaced steps (ours: keeps the whole
-    clip's span, unlike a crop)."""
-    arrs = []
-    for a in arrays:
-        a = np.asarray(a, dtype=np.float32)
-        if a.size == 0:
-            a = a.reshape(0, a.shape[-1] if a.ndim == 2 else (dim or 0))
-        elif a.ndim == 1:
-            a = a[None, :]
-        if max_steps is not None and len(a) > max_steps:
-            a = a[np.linspace(0, len(a) - 1, max_steps).round().astype(int)]
-        arrs.append(a)
-    dims = {a.shape[1] for a in arrs if len(a)}
-    if len(dims) > 1:
-        raise ValueError(f"arrays have different feature sizes {sorted(dims)}")
-    d = dims.pop() if dims else dim
-    if d is None:
-        raise ValueError("every array is empty: pass dim")
-    t_max = max([len(a) for a in arrs] + [1])
-    x = torch.zeros(len(arrs), t_max, d)
-    mask = torch.zeros(len(arrs), t_max, dtype=torch.bool)
-    for i, a in enumerate(arrs):
-        if len(a):
-            ok = valid_steps(a)  # a NaN row is a masked step: zero input, mask False
-            x[i, : len(a)] = torch.from_numpy(np.where(ok[:, None], a, 0.0).astype(np.float32))
-            mask[i, : len(a)] = torch.from_numpy(ok)
-    return x, mask
 
 
 def _mlp(in_dim: int, hidden: int, out_dim: int, layers: int, dropout: float, norm: bool) -> nn.Module:

@@ -10,7 +10,8 @@ labels' index, else the sorted union of the feature keys.
 
 **Long sequences** (ours): a sequence longer than ``max_len`` steps is subsampled at evenly spaced
 steps, :math:`t_j = \mathrm{round}(j (T-1)/(L-1))`, :math:`j = 0..L-1`, which keeps the whole clip's
-span (a crop would drop its end) and is deterministic (train and evaluation see the same steps).
+span (a crop would drop its end) and is deterministic (train and evaluation see the same steps); the
+batches are padded and masked as stage 1's (:mod:`emi_lib.models.padding`).
 
 **Batch order**: :func:`epoch_batches` is a pure function of (seed, epoch) (a ``torch.Generator``
 seeded per epoch), so a resumed run replays exactly the batches of the interrupted one. Under DDP,
@@ -44,6 +45,7 @@ import torch
 
 from emi_lib.constants import EMOTIONS, clip_stem
 from emi_lib.features.store import valid_steps
+from emi_lib.models.padding import pad_batch, subsample_steps
 from emi_lib.train.seeding import epoch_generator
 
 STREAMS = ("vision", "audio", "text")
@@ -66,13 +68,6 @@ def _norm_dict(d: Mapping | None) -> Mapping[str, np.ndarray]:
 def _is_lazy(d) -> bool:
     """A mapping that knows clip lengths and D without reading data (``PackedStore``)."""
     return isinstance(d, Mapping) and not isinstance(d, dict) and hasattr(d, "length") and hasattr(d, "dim")
-
-
-def subsample_steps(length: int, max_len: int | None) -> np.ndarray:
-    """Indices of the steps kept from a sequence of ``length`` steps (all when it fits)."""
-    if max_len is None or length <= max_len:
-        return np.arange(length)
-    return np.linspace(0, length - 1, int(max_len)).round().astype(int)
 
 
 @dataclass
@@ -313,14 +308,7 @@ class Stage2Dataset(torch.utils.data.Dataset):
         for m in ("vision", "audio"):
             if isinstance(self.seqs[m], _LazySeqs):
                 self.seqs[m].prefetch(idx)
-            seqs = [self.seqs[m][i] for i in idx]
-            t = max([len(s) for s in seqs] + [1])
-            x = torch.zeros(len(idx), t, self.dims[m])
-            mask = torch.zeros(len(idx), t, dtype=torch.bool)
-            for b, s in enumerate(seqs):
-                ok = ~torch.isnan(s).any(1)  # a NaN row is a masked step (emi_lib.features.store.valid_steps)
-                x[b, : len(s)] = torch.where(ok[:, None], s, 0.0)
-                mask[b, : len(s)] = ok
+            x, mask = pad_batch([self.seqs[m][i] for i in idx], dim=self.dims[m])  # a NaN row: a masked step
             batch[m], batch[f"{m}_mask"], batch["available"][m] = x, mask, mask.any(1)
         if self.text is not None:
             batch["text"], batch["text_mask"] = self.text[idx], self.text_mask[idx]

@@ -151,8 +151,8 @@ def _run_eval(model, ds: Stage2Dataset, batch_size: int, device, rank: int = 0, 
     table = gather_predictions(ids, np.concatenate(rows) if rows else np.zeros((0, len(columns))), columns,
                                expected=ds.ids).to_numpy()
     res, at = {"modalities": mods, "scores": None}, 0
-    for k in keys:  # float32 -> float64 (the gather) -> float32 is exact
-        res[k], at = table[:, at: at + width[k]].astype(np.float32), at + width[k]
+    for k in keys:  # float32 -> float64 (the gather) -> float32 is exact; C order keeps the loss's summation order
+        res[k], at = np.ascontiguousarray(table[:, at: at + width[k]], dtype=np.float32), at + width[k]
     return res
 
 

@@ -45,7 +45,8 @@ import numpy as np
 import torch
 
 from emi_lib.models.fusion import masked_softmax
-from emi_lib.train.data import Stage2Data, Stage2Dataset, subsample_steps
+from emi_lib.models.padding import subsample_steps
+from emi_lib.train.data import Stage2Data, Stage2Dataset
 
 
 @dataclass
