@@ -153,7 +153,8 @@ def _stage2_part(rank, out):
 
 
 def test_stage2_two_processes(spawned):
-    from emi_lib.train.data import epoch_batches, shard
+    from emi_lib.train.buckets import shard
+    from emi_lib.train.data import epoch_batches
     from emi_lib.train.stage2 import load_run, predict
 
     tmp_path = spawned["out"]

@@ -27,7 +27,8 @@ from emi_lib.train import (
     predict,
     train_stage2,
 )
-from emi_lib.train.data import epoch_batches, shard
+from emi_lib.train.buckets import shard
+from emi_lib.train.data import epoch_batches
 from emi_lib.train.stage2 import lr_factor
 from emi_lib.viz.stage2_plots import plot_training_curves
 

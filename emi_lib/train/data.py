@@ -46,7 +46,7 @@ import torch
 from emi_lib.constants import EMOTIONS, clip_stem
 from emi_lib.features.store import valid_steps
 from emi_lib.models.padding import pad_batch, subsample_steps
-from emi_lib.train.seeding import epoch_generator
+from emi_lib.train.buckets import bucketed_batches, drop_incomplete, random_batches
 
 STREAMS = ("vision", "audio", "text")
 #: the media (DataRoot modalities) each stream's features are made from by default
@@ -357,31 +357,16 @@ def to_device(batch: dict, device) -> dict:
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, drop_last: bool = True,
                   lengths=None) -> list[list[int]]:
     """The epoch's training batches: a permutation from ``epoch_generator(seed, epoch)`` cut into
-    ``batch_size`` chunks. ``drop_last`` drops a final incomplete batch (a tiny batch gives a noisy
+    ``batch_size`` chunks (:func:`~emi_lib.train.buckets.random_batches`). ``drop_last`` drops a final incomplete batch (a tiny batch gives a noisy
     Pearson term), unless it is the only batch. With ``lengths`` ((n,) or (n, k) steps per clip,
     e.g. ``Stage2Dataset.lengths()``) the batches are length-bucketed
     (:func:`emi_lib.train.buckets.bucketed_batches`, same count of batches)."""
     if lengths is not None:
-        from emi_lib.train.buckets import bucketed_batches
-
         if len(lengths) != n:
             raise ValueError(f"lengths has {len(lengths)} rows for {n} clips")
         return bucketed_batches(lengths, batch_size, seed, epoch, drop_last)
-    perm = torch.randperm(n, generator=epoch_generator(seed, epoch)).tolist()
-    batches = [perm[i: i + batch_size] for i in range(0, n, batch_size)]
-    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
-        batches = batches[:-1]
-    return batches
-
-
-def shard(batches: list, rank: int, world_size: int, even: bool = True) -> list:
-    """Batches i with i % world_size == rank. With ``even`` (training under DDP) the list is first
-    cut to a multiple of world_size, so that every rank runs the same number of steps."""
-    if world_size <= 1:
-        return list(batches)
-    if even:
-        batches = batches[: len(batches) - len(batches) % world_size]
-    return [b for i, b in enumerate(batches) if i % world_size == rank]
+    batches = random_batches(n, batch_size, seed, epoch)
+    return drop_incomplete(batches, batch_size) if drop_last else batches
 
 
 def eval_batches(n: int, batch_size: int) -> list[list[int]]:

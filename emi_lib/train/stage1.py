@@ -53,6 +53,7 @@ from emi_lib.eval.retrieval import retrieval_recall
 from emi_lib.features.store import valid_steps
 from emi_lib.models.aligner import AlignerConfig, ModalityTextAligner, build_loss
 from emi_lib.models.padding import pad_batch
+from emi_lib.train.buckets import length_batches
 
 
 def usable_ids(feats: dict, text: dict | None = None) -> list[str]:
@@ -82,19 +83,6 @@ def label_matrix(labels: pd.DataFrame, ids) -> torch.Tensor:
     return torch.from_numpy(np.stack([lookup[str(i)] for i in ids]))
 
 
-def _length_batches(lengths, max_batch: int, max_tokens: int):
-    """Index batches in order of length, each with at most ``max_batch`` clips and ``max_tokens`` padded steps."""
-    order = np.argsort(lengths, kind="stable")
-    batch: list[int] = []
-    for i in order:
-        if batch and (len(batch) + 1 > max_batch or (len(batch) + 1) * max(lengths[i], 1) > max_tokens):
-            yield batch
-            batch = []
-        batch.append(int(i))
-    if batch:
-        yield batch
-
-
 @torch.no_grad()
 def encode_dataset(model: ModalityTextAligner, feats: dict, ids, text: dict | None = None,
                    max_steps: int | None = None, max_batch: int = 128, max_tokens: int = 1 << 16):
@@ -105,7 +93,7 @@ def encode_dataset(model: ModalityTextAligner, feats: dict, ids, text: dict | No
     arrs = [feats[i] for i in ids]
     lengths = np.array([min(len(a), max_steps or len(a)) if np.asarray(a).size else 0 for a in arrs])
     out = np.zeros((len(ids), model.cfg.embed_dim), dtype=np.float32)
-    for b in _length_batches(lengths, max_batch, max_tokens):
+    for b in length_batches(lengths, max_batch, max_tokens):
         x, m = pad_batch([arrs[i] for i in b], dim=model.cfg.in_dim, max_steps=max_steps)
         out[b] = model.encode_clip(x.to(dev), m.to(dev)).cpu().numpy()
     if text is None:
@@ -307,7 +295,7 @@ def export_aligned(model: ModalityTextAligner, feats: dict, normalize_frames: bo
     frame_seq = {i: np.zeros((0, e), dtype=np.float32) for i in ids}
     present = usable_ids(feats)
     lengths = np.array([len(feats[i]) for i in present])
-    for b in _length_batches(lengths, max_batch, max_tokens):
+    for b in length_batches(lengths, max_batch, max_tokens):
         bids = [present[i] for i in b]
         x, m = pad_batch([feats[i] for i in bids], dim=model.cfg.in_dim)
         x, m = x.to(dev), m.to(dev)

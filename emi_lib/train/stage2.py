@@ -78,6 +78,7 @@ from emi_lib.distributed import (
 from emi_lib.eval.metrics import challenge_score
 from emi_lib.models.emi_model import EMIModel
 from emi_lib.train.augment import augment_batch, augment_generator, augmentation_enabled
+from emi_lib.train.buckets import shard
 from emi_lib.train.checkpoint import (
     atomic_torch_save,
     atomic_write_json,
@@ -92,7 +93,6 @@ from emi_lib.train.data import (
     check_missing_share,
     epoch_batches,
     eval_batches,
-    shard,
     to_device,
 )
 from emi_lib.train.losses import emi_loss, stage2_loss
