@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from emi_lib.constants import EMOTIONS, clip_stem
+from emi_lib.data.labels import read_labels
 from emi_lib.eval.probe import FEATURE_SETS, ridge_table
 from emi_lib.features.summary import (
     MODALITIES,
     all_summary_features,
     split_ids,
-    split_labels,
     summary_features,
 )
 
@@ -61,8 +61,9 @@ def test_single_split_call_matches(smoke_root, feats):
 
 
 def test_labels_reader(smoke_root):
-    assert split_labels(smoke_root, "test").shape == (12, 6)
-    assert list(split_labels(smoke_root, "train").columns) == list(EMOTIONS)
+    assert read_labels(smoke_root, "test").shape == (12, 6)
+    assert list(read_labels(smoke_root, "train").columns) == list(EMOTIONS)
+    assert read_labels(smoke_root, "valid").index.name == "Filename"
 
 
 def test_features_tolerate_broken_files(smoke_root, tmp_path):

@@ -109,8 +109,8 @@ def evaluate_sweep(models: dict, inputs_by_kind: dict, levels: pd.DataFrame, pro
     Stage2Inputs of the training root}. Returns one row per (variant, seed, level): ``axis, level, severity,
     mean, <six emotions>, w_vision, w_audio`` (mean fusion weight over the clips that have both
     modalities; NaN for a single-modality model), ``n``. ``workers`` processes prepare the levels' inputs."""
+    from emi_lib.data.labels import read_hidden_labels
     from emi_lib.eval.metrics import challenge_score
-    from emi_lib.eval.submission import read_hidden_labels
     from emi_lib.train.stage2 import predict
 
     rows = []

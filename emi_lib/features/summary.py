@@ -37,8 +37,9 @@ import soundfile as sf
 from PIL import Image
 from tqdm.auto import tqdm
 
-from emi_lib.constants import EMOTIONS, SAMPLE_RATE, SPLIT_CSV, clip_stem
+from emi_lib.constants import SAMPLE_RATE, SPLIT_CSV, clip_stem
 from emi_lib.data.errors import DataError
+from emi_lib.data.layout import read_split
 
 MODALITIES: tuple[str, ...] = ("face", "voice", "text")
 FACE_GRID = 12
@@ -51,23 +52,8 @@ def _base(root: Path, split: str) -> Path:
 
 
 def split_ids(root: str | os.PathLike, split: str) -> list[int]:
-    """Integer clip ids of a split, in file order (read with pandas, no validation)."""
-    df = pd.read_csv(Path(root) / SPLIT_CSV[split], encoding="utf-8-sig")
-    df.columns = [c.strip() for c in df.columns]
-    return [int(v) for v in df["Filename"]]
-
-
-def split_labels(root: str | os.PathLike, split: str) -> pd.DataFrame | None:
-    """Labels of a split indexed by the 5-digit id; for ``test`` the hidden SynthMimic labels
-    (``synthmimic/test_labels.csv``) or None when there are none."""
-    root = Path(root)
-    path = root / "synthmimic" / "test_labels.csv" if split == "test" else root / SPLIT_CSV[split]
-    if not path.exists():
-        return None
-    df = pd.read_csv(path, encoding="utf-8-sig")
-    df.columns = [c.strip() for c in df.columns]
-    df.index = pd.Index([clip_stem(v) for v in df.pop("Filename")], name="Filename")
-    return df[list(EMOTIONS)].astype(np.float64)
+    """Integer clip ids of a split, in file order (the validated split CSV, :func:`~emi_lib.data.layout.read_split`)."""
+    return [int(c) for c in read_split(root, split).index]
 
 
 # --- face ------------------------------------------------------------------------------------

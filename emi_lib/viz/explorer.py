@@ -25,6 +25,7 @@ import pandas as pd
 from emi_lib.constants import EMOTIONS, SAMPLE_RATE
 from emi_lib.data import DataRoot
 from emi_lib.data.errors import DataError
+from emi_lib.data.labels import read_labels
 from emi_lib.data.media import face_files, load_audio, load_face_crops, load_transcript, load_video_frames
 from emi_lib.features.backbones import MIN_SAMPLES, LogMel
 from emi_lib.viz.timeline import WeightTimeline, fusion_timeline, step_times
@@ -266,15 +267,6 @@ def load_clip_view(root, split: str, cid: str, *, model=None, data=None, pred=No
     return view
 
 
-def split_labels(root, split: str) -> pd.DataFrame | None:
-    """True intensities of a split: the CSV for train/valid, SynthMimic's hidden file for test, else None."""
-    from emi_lib.eval.submission import read_hidden_labels
-
-    if split != "test":
-        return DataRoot(root).split(split)
-    return _try(read_hidden_labels, root)
-
-
 def suggest_clips(ids, corruptions: pd.DataFrame | None) -> dict:
     """Clips worth a look (SynthMimic): the most occluded, the noisiest (lowest SNR) and a clean one."""
     ids = list(ids)
@@ -309,7 +301,7 @@ class ClipExplorer:
         self.data = inputs.sets[split]
         self.ids = list(self.data.ids)
         self.pred, self.clip_weights, _ = predict(model, self.data)
-        self.labels = split_labels(root, split) if labels is None else labels
+        self.labels = read_labels(root, split) if labels is None else labels
         synth = (self.root / "synthmimic" / "corruptions.csv").exists()
         self.corruptions = load_corruptions(self.root) if synth else None
         self.model_source, self.last_error = model_source, None
