@@ -14,8 +14,8 @@ from tiny_root import write_tiny_root
 
 from emi_lib.constants import EMOTIONS
 from emi_lib.eval.metrics import challenge_score
+from emi_lib.features.store import subsample_steps
 from emi_lib.models import EMIModel, EMIModelConfig
-from emi_lib.models.padding import subsample_steps
 from emi_lib.train import (
     CheckpointMismatchError,
     Stage2Config,

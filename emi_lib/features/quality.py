@@ -60,6 +60,7 @@ import pandas as pd
 import torch
 
 from emi_lib.constants import SAMPLE_RATE
+from emi_lib.features.store import subsample_steps
 
 #: Columns of the prior vector of each stream (the default, one value each).
 PRIOR_COLUMNS: dict[str, tuple[str, ...]] = {"vision": ("face_quality",), "audio": ("audio_quality",)}
@@ -126,7 +127,7 @@ def face_quality(face_dir: str | os.PathLike, video_path: str | os.PathLike | No
     """Face priors of one clip (module docstring). ``n_frames`` overrides the frame count. An unreadable
     crop counts as an unusable frame (``face_unreadable``); its file and problem are appended to ``problems``."""
     from emi_lib.data import DataError
-    from emi_lib.data.media import face_files, load_face_crop
+    from emi_lib.data.media import face_files, face_number, load_face_crop
 
     try:
         files = face_files(face_dir)
@@ -138,12 +139,12 @@ def face_quality(face_dir: str | os.PathLike, video_path: str | os.PathLike | No
     if n_frames is None and video_path is not None and Path(video_path).exists():
         total = _video_frames(video_path)
     if not math.isfinite(total) and files:
-        total = float(max(int("".join(c for c in f.stem if c.isdigit())[-9:] or 0) for f in files) + 1)
+        total = float(max(face_number(f) for f in files) + 1)
     out = {"face_crops": len(files), "video_frames": total, "face_unreadable": 0}
     if not files:
         share = 0.0 if math.isfinite(total) else math.nan
         return {**out, "face_share": share, "face_visible_share": math.nan, "face_quality": share}
-    pick = np.unique(np.linspace(0, len(files) - 1, min(len(files), max_frames)).round().astype(int))
+    pick = subsample_steps(len(files), max_frames)
     crops = []
     for i in pick:
         try:

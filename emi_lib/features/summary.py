@@ -1,9 +1,10 @@
 r"""Hand-made per-clip summary features of each modality, read from the written files.
 
 They feed the ridge check (:mod:`emi_lib.eval.probe`), so they are deliberately plain:
-no learned model, no temporal modelling, no generator internals. They read the layout with
-plain readers (Pillow for ``face_images/``, soundfile for ``audio/``, text files), so they work
-on a SynthMimic root and on a real Hume-Vidmimic2 root alike.
+no learned model, no temporal modelling, no generator internals. They read the layout with the
+workbench's own readers (:mod:`emi_lib.data.media`: :func:`~emi_lib.data.media.face_files` for
+``face_images/``, :func:`~emi_lib.data.media.load_audio` for ``audio/``), so they work on a SynthMimic root
+and on a real Hume-Vidmimic2 root alike.
 
 * face: every crop -> grayscale 12x12; over time: per-pixel mean, std and max (3 x 144); three
   horizontal bands (brows/eyes, nose, mouth) of a 48x48 version: mean level, temporal std and
@@ -21,8 +22,8 @@ counts a clip's unreadable files (a corrupt face crop, an mp4 whose header does 
 not decode or holds NaN samples, a transcript that is not UTF-8), and :func:`summary_features` warns naming
 them. A face clip keeps its readable crops (one bad crop costs that crop, not the clip); a clip with no
 readable crop, audio or text is ``_missing`` = 1. Only the decoders' own errors are caught (Pillow's
-``OSError`` / ``SyntaxError``, soundfile's ``SoundFileError``, PyAV's ``FFmpegError``, ``UnicodeDecodeError``):
-anything else is a bug and raises.
+``OSError`` / ``SyntaxError``, soundfile's as :func:`~emi_lib.data.media.load_audio` turns them into a
+:class:`DataError`, PyAV's ``FFmpegError``, ``UnicodeDecodeError``): anything else is a bug and raises.
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 from PIL import Image
 from tqdm.auto import tqdm
 
 from emi_lib.constants import SAMPLE_RATE, SPLIT_CSV, clip_stem
 from emi_lib.data.errors import DataError
-from emi_lib.data.layout import read_split
+from emi_lib.data.layout import ABSENT_KINDS, read_split
+from emi_lib.data.media import face_files, load_audio
+from emi_lib.features.store import subsample_steps
 
 MODALITIES: tuple[str, ...] = ("face", "voice", "text")
 FACE_GRID = 12
@@ -94,12 +96,14 @@ def face_vector(folder: Path, mp4: Path | None = None, problems: list | None = N
 
     An unreadable crop (or mp4 header) is appended to ``problems`` as a message naming the file and the
     clip keeps its other crops; with ``problems=None`` it raises :class:`DataError` instead."""
-    files = sorted(folder.glob("*.jpg"), key=lambda p: int(p.stem)) if folder.is_dir() else []
-    if not files:
+    try:
+        files = face_files(folder)  # every FACE_EXTENSIONS crop, in frame order
+    except DataError as err:
+        if err.kind not in ABSENT_KINDS:  # e.g. a crop name without a frame number
+            _collect(problems, err)
         return None
     n_all = len(files)
-    if n_all > MAX_FACE_FRAMES:
-        files = [files[i] for i in np.linspace(0, n_all - 1, MAX_FACE_FRAMES).round().astype(int)]
+    files = [files[i] for i in subsample_steps(n_all, MAX_FACE_FRAMES)]
     small, mid = [], []
     for f in files:
         g = _read_gray(f, problems)
@@ -128,25 +132,17 @@ def face_vector(folder: Path, mp4: Path | None = None, problems: list | None = N
 
 
 # --- voice -----------------------------------------------------------------------------------
-def read_audio(path: Path, max_s: float = MAX_AUDIO_S) -> np.ndarray | None:
-    """Mono float32 at 16 kHz (first ``max_s`` seconds), or None if missing, empty (0 bytes) or shorter
-    than one 25 ms frame. A file soundfile cannot decode, or one with NaN/inf samples, raises
-    :class:`DataError` kind ``unreadable`` naming it (only soundfile's own errors are caught)."""
-    if not path.exists() or path.stat().st_size == 0:
-        return None
+def read_wave(path: Path, max_s: float = MAX_AUDIO_S) -> np.ndarray | None:
+    """The first ``max_s`` seconds of a clip's audio, mono float32 at 16 kHz
+    (:func:`~emi_lib.data.media.load_audio`: resampled, never zero-filled), or None when it is missing,
+    empty (0 bytes, no samples) or shorter than one 25 ms frame. A file that does not decode, or holds
+    NaN/inf samples, raises its :class:`DataError`."""
     try:
-        with sf.SoundFile(str(path)) as f:
-            sr = f.samplerate
-            x = f.read(frames=int(max_s * sr), dtype="float32", always_2d=True).mean(axis=1)
-    except sf.SoundFileError as err:  # LibsndfileError and friends
-        raise DataError(path, f"unreadable audio ({type(err).__name__}: {err})", kind="unreadable") from err
-    if not np.isfinite(x).all():
-        raise DataError(path, f"audio has {int((~np.isfinite(x)).sum())} NaN/inf samples", kind="unreadable")
-    if sr != SAMPLE_RATE and x.size:
-        import torch
-        import torchaudio.functional as AF
-
-        x = AF.resample(torch.from_numpy(x), sr, SAMPLE_RATE).numpy()
+        x = load_audio(path, SAMPLE_RATE, max_seconds=max_s)
+    except DataError as err:
+        if err.kind in ABSENT_KINDS:
+            return None
+        raise
     return x if x.size >= 400 else None
 
 
@@ -227,7 +223,7 @@ def _voice(base: Path, s: str, problems: list) -> np.ndarray | None:
         if not path.exists():
             continue
         try:
-            x = read_audio(path)
+            x = read_wave(path)
         except DataError as err:
             problems.append(str(err))
             continue

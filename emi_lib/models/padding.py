@@ -2,8 +2,9 @@ r"""Per-clip feature sequences -> one padded, masked batch: the one implementati
 (:mod:`emi_lib.models.aligner`, :mod:`emi_lib.train.stage1`) and stage 2 (:mod:`emi_lib.train.data`).
 
 **Long sequences** (ours): a sequence longer than ``max_steps`` steps is subsampled at evenly spaced
-steps, :math:`t_j = \mathrm{round}(j (T-1)/(L-1))`, :math:`j = 0..L-1`, which keeps the whole clip's span
-(a crop would drop its end) and is deterministic (training and evaluation see the same steps).
+steps, :math:`t_j = \mathrm{round}(j (T-1)/(L-1))`, :math:`j = 0..L-1`
+(:func:`emi_lib.features.store.subsample_steps`), which keeps the whole clip's span (a crop would drop its
+end) and is deterministic (training and evaluation see the same steps).
 
 **Padding**: B sequences of :math:`T_i` steps become ``x`` (B, max T_i, D) and a prefix ``mask`` (B, max T_i),
 True on valid steps. A row of NaN is a masked step (:func:`emi_lib.features.store.valid_steps`: a frame
@@ -17,14 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from emi_lib.features.store import valid_steps
-
-
-def subsample_steps(length: int, max_len: int | None) -> np.ndarray:
-    """Indices of the steps kept from a sequence of ``length`` steps (all when it fits; module docstring)."""
-    if max_len is None or length <= max_len:
-        return np.arange(length)
-    return np.linspace(0, length - 1, int(max_len)).round().astype(int)
+from emi_lib.features.store import subsample_steps, valid_steps
 
 
 def pad_batch(arrays: Sequence, dim: int | None = None,

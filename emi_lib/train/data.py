@@ -44,8 +44,8 @@ import pandas as pd
 import torch
 
 from emi_lib.constants import EMOTIONS, clip_stem
-from emi_lib.features.store import valid_steps
-from emi_lib.models.padding import pad_batch, subsample_steps
+from emi_lib.features.store import subsample_steps, valid_steps
+from emi_lib.models.padding import pad_batch
 from emi_lib.train.buckets import bucketed_batches, drop_incomplete, random_batches
 
 STREAMS = ("vision", "audio", "text")

@@ -26,7 +26,14 @@ from emi_lib.constants import EMOTIONS, SAMPLE_RATE
 from emi_lib.data import DataRoot
 from emi_lib.data.errors import DataError
 from emi_lib.data.labels import read_labels
-from emi_lib.data.media import face_files, load_audio, load_face_crops, load_transcript, load_video_frames
+from emi_lib.data.media import (
+    face_files,
+    face_number,
+    load_audio,
+    load_face_crops,
+    load_transcript,
+    load_video_frames,
+)
 from emi_lib.features.backbones import MIN_SAMPLES, LogMel
 from emi_lib.viz.timeline import WeightTimeline, fusion_timeline, step_times
 
@@ -249,7 +256,7 @@ def load_clip_view(root, split: str, cid: str, *, model=None, data=None, pred=No
     dr = DataRoot(root)
     got = _try(load_video_frames, dr.video_path(split, cid))
     frames, fps = (got[0], got[1] or fps) if got is not None else (None, fps)
-    numbers = [int(p.stem) for p in (_try(face_files, dr.face_dir(split, cid)) or [])]
+    numbers = [face_number(p) for p in (_try(face_files, dr.face_dir(split, cid)) or [])]
     faces = _try(load_face_crops, dr.face_dir(split, cid)) if numbers else None
     wave = _try(load_audio, dr.audio_path(split, cid))
     transcript = _try(load_transcript, dr.transcript_path(split, cid))

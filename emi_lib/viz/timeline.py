@@ -44,8 +44,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from emi_lib.features.store import subsample_steps
 from emi_lib.models.fusion import masked_softmax
-from emi_lib.models.padding import subsample_steps
 from emi_lib.train.data import Stage2Data, Stage2Dataset
 
 
