@@ -117,7 +117,6 @@ def evaluate_sweep(models: dict, inputs_by_kind: dict, levels: pd.DataFrame, pro
     level_data = prepare_sweep_inputs(levels, inputs_by_kind, profile, workers, progress)
     for lv, data in zip(levels.itertuples(), level_data, strict=True):
         labels = read_hidden_labels(lv.root)
-        labels.index = [str(i) for i in labels.index]
         for (key, seed), (model, kind) in models.items():
             pred, w, extras = predict(model, data[kind], batch_size=64)
             s = challenge_score(pred, labels.loc[pred.index])

@@ -59,7 +59,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emi_lib.constants import SAMPLE_RATE
+from emi_lib.constants import SAMPLE_RATE, clip_key
 from emi_lib.features.store import subsample_steps
 
 #: Columns of the prior vector of each stream (the default, one value each).
@@ -199,11 +199,10 @@ def compute_priors(root: str | os.PathLike, split: str, ids: Sequence | None = N
     and the availability mask does the rest)."""
     from tqdm.auto import tqdm
 
-    from emi_lib.constants import clip_stem
     from emi_lib.data import DataError, DataRoot, load_audio
 
     dr = DataRoot(root)
-    ids = dr.ids(split) if ids is None else [clip_stem(i) if str(i).isdigit() else str(i) for i in ids]
+    ids = dr.ids(split) if ids is None else [clip_key(i) for i in ids]
     rows, problems = {}, []
     for cid in tqdm(ids, desc=f"priors {split}", disable=not progress, leave=False):
         video = dr.video_path(split, cid)
@@ -243,9 +242,9 @@ def priors_to_tensors(priors: pd.DataFrame, ids: Sequence,
     absent from the table gets NaN; an absent column raises ``KeyError``; an infinite value raises
     ``ValueError`` naming the clips (only NaN means unknown)."""
     columns = PRIOR_COLUMNS if columns is None else columns
-    ids = [str(i) for i in ids]
+    ids = [clip_key(i) for i in ids]
     table = priors.copy()
-    table.index = [str(i) for i in table.index]
+    table.index = [clip_key(i) for i in table.index]
     out = {}
     for stream, cols in columns.items():
         cols = list(cols)

@@ -43,7 +43,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emi_lib.constants import EMOTIONS, clip_stem
+from emi_lib.constants import EMOTIONS, clip_key
 from emi_lib.features.store import subsample_steps, valid_steps
 from emi_lib.models.padding import pad_batch
 from emi_lib.train.buckets import bucketed_batches, drop_incomplete, random_batches
@@ -53,16 +53,12 @@ STREAMS = ("vision", "audio", "text")
 STREAM_MEDIA: dict[str, str] = {"vision": "faces", "audio": "audio", "text": "text"}
 
 
-def _norm_id(cid) -> str:
-    return clip_stem(cid) if isinstance(cid, int | np.integer) else str(cid)
-
-
 def _norm_dict(d: Mapping | None) -> Mapping[str, np.ndarray]:
     """A plain dict with normalised ids; a lazy (non-dict) Mapping such as a
     :class:`~emi_lib.features.packed.PackedStore` is kept as is (its keys are already str ids)."""
     if isinstance(d, Mapping) and not isinstance(d, dict):
         return d
-    return {_norm_id(k): v for k, v in (d or {}).items()}
+    return {clip_key(k): v for k, v in (d or {}).items()}
 
 
 def _is_lazy(d) -> bool:
@@ -85,23 +81,23 @@ class Stage2Data:
     def __post_init__(self):
         self.vision, self.audio = _norm_dict(self.vision), _norm_dict(self.audio)
         if self.absent is not None:
-            self.absent = {str(m): {_norm_id(i) for i in v} for m, v in self.absent.items()}
+            self.absent = {str(m): {clip_key(i) for i in v} for m, v in self.absent.items()}
         self.text = _norm_dict(self.text) if self.text is not None else None
         if self.labels is not None:
             missing = [e for e in EMOTIONS if e not in self.labels.columns]
             if missing:
                 raise ValueError(f"labels lack the emotion columns {missing}")
             self.labels = self.labels.copy()
-            self.labels.index = [_norm_id(i) for i in self.labels.index]
+            self.labels.index = [clip_key(i) for i in self.labels.index]
         if self.priors is not None:
             self.priors = self.priors.copy()
-            self.priors.index = [_norm_id(i) for i in self.priors.index]
+            self.priors.index = [clip_key(i) for i in self.priors.index]
         if self.ids is None:
             if self.labels is not None:
                 self.ids = list(self.labels.index)
             else:
                 self.ids = sorted(set(self.vision) | set(self.audio) | set(self.text or {}))
-        self.ids = [_norm_id(i) for i in self.ids]
+        self.ids = [clip_key(i) for i in self.ids]
         if len(set(self.ids)) != len(self.ids):
             raise ValueError("ids hold duplicates")
         if self.labels is not None:
@@ -189,7 +185,7 @@ def media_absent(root, split: str, ids=None, media: Mapping[str, str] | None = N
     from emi_lib.data import DataRoot
 
     dr = root if isinstance(root, DataRoot) else DataRoot(root)
-    ids = dr.ids(split) if ids is None else [_norm_id(i) for i in ids]
+    ids = dr.ids(split) if ids is None else [clip_key(i) for i in ids]
     out = {}
     for stream, mod in {**STREAM_MEDIA, **(media or {})}.items():
         def gone(cid, mod=mod):

@@ -48,7 +48,7 @@ import torch
 from open_clip.loss import ClipLoss
 from tqdm.auto import tqdm
 
-from emi_lib.constants import EMOTIONS, clip_stem
+from emi_lib.constants import EMOTIONS, clip_key
 from emi_lib.eval.retrieval import retrieval_recall
 from emi_lib.features.store import valid_steps
 from emi_lib.models.aligner import AlignerConfig, ModalityTextAligner, build_loss
@@ -69,18 +69,13 @@ def _text_matrix(text: dict, ids) -> torch.Tensor:
 
 
 def label_matrix(labels: pd.DataFrame, ids) -> torch.Tensor:
-    """(n, 6) label rows for ``ids``; an index of integers also matches zero-padded string ids."""
-    lookup = {}
-    for idx, row in zip(labels.index, labels[list(EMOTIONS)].to_numpy(dtype=np.float32)):
-        lookup[str(idx)] = row
-        try:
-            lookup[clip_stem(idx)] = row
-        except (TypeError, ValueError):
-            pass
-    missing = [i for i in ids if str(i) not in lookup]
+    """(n, 6) label rows for ``ids``, matched by :func:`~emi_lib.constants.clip_key` (an index of integers
+    matches zero-padded string ids)."""
+    lookup = dict(zip(map(clip_key, labels.index), labels[list(EMOTIONS)].to_numpy(dtype=np.float32)))
+    missing = [i for i in ids if clip_key(i) not in lookup]
     if missing:
         raise KeyError(f"no labels for {len(missing)} clips, e.g. {missing[:5]}")
-    return torch.from_numpy(np.stack([lookup[str(i)] for i in ids]))
+    return torch.from_numpy(np.stack([lookup[clip_key(i)] for i in ids]))
 
 
 @torch.no_grad()
