@@ -139,13 +139,15 @@ class Fusion(nn.Module):
         out["modalities"] = list(self.names)
         return out
 
+    def pool_stream(self, m: str, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Stream ``m``'s (B, T, D_m) sequence pooled to (B, D_m) by this fusion's own pooling module (the
+        masked mean when it pools none, in per-step mode); an all-False mask row gives the zero vector."""
+        return self.pool[m](x, mask) if m in self.pool else masked_mean(x, mask)
+
     def _pooled(self, xs, ms, avail):
-        """Pooled vectors (name -> (B, D_m)), zero for an unavailable clip (masked mean without a pool)."""
-        return {
-            m: (self.pool[m](xs[m], ms[m]) if m in self.pool else masked_mean(xs[m], ms[m]))
-            * avail[:, i : i + 1].to(xs[m].dtype)
-            for i, m in enumerate(self.names)
-        }
+        """Pooled vectors (name -> (B, D_m)), zero for an unavailable clip."""
+        return {m: self.pool_stream(m, xs[m], ms[m]) * avail[:, i : i + 1].to(xs[m].dtype)
+                for i, m in enumerate(self.names)}
 
     def _weighted_sum(self, pooled, w):
         projected = torch.stack([self.proj[m](pooled[m]) for m in self.names], dim=1)  # (B, M, D)
@@ -311,32 +313,49 @@ class QualityGuidedFusion(Fusion):
         except ValueError as err:
             raise ValueError(f"prior for {m!r}: {err}") from err
 
+    def _prior_like(self, priors, m, h: torch.Tensor) -> torch.Tensor:
+        """The prior input of stream ``m`` for ``h`` (B, D) or (B, S, D): one row per clip, repeated over steps."""
+        if h.dim() == 2:
+            return self._prior(priors, m, h)
+        return self._prior(priors, m, h[:, 0]).unsqueeze(1).expand(-1, h.shape[1], -1)
+
+    def weights_of(self, pooled: Mapping[str, torch.Tensor], priors: Mapping[str, torch.Tensor] | None = None,
+                   available: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""The quality weights of pooled streams, ``(weights, scores)``, as the forward computes them:
+
+        .. math::
+
+            s_m = \mathrm{MLP}_m([\bar h_m;\ \tilde\pi_m]), \qquad
+            w_m = \frac{a_m \exp(s_m/\tau)}{\sum_n a_n \exp(s_n/\tau)}
+
+        ``pooled`` {name: (B, D_m)} (or (B, S, D_m) per step); ``priors`` {name: (B, P)} raw values, NaN =
+        unknown, read through :class:`PriorInput` (standardised, with known/unknown indicators; a stream
+        without a prior tensor is all unknown) and repeated over the steps; ``available`` (B, M) (or
+        (B, S, M)) bool, None = all available. Both results are (B, M) (or (B, S, M)) in ``names`` order; a
+        missing modality gets weight exactly 0 (:func:`masked_softmax`)."""
+        priors = priors or {}
+        scores = torch.cat([self.quality[m](torch.cat([pooled[m], self._prior_like(priors, m, pooled[m])], -1))
+                            for m in self.names], -1)
+        avail = torch.ones_like(scores, dtype=torch.bool) if available is None else available.bool()
+        if avail.dim() < scores.dim():  # per-clip availability, per-step scores
+            avail = avail.unsqueeze(1).expand_as(scores)
+        return masked_softmax(scores / self.tau, avail, dim=-1), scores
+
     def mix(self, xs, ms, avail, priors):
         if self.per_step:
             return self._mix_per_step(xs, ms, avail, priors)
         pooled = self._pooled(xs, ms, avail)
-        scores = torch.cat(
-            [
-                self.quality[m](torch.cat([pooled[m], self._prior(priors, m, pooled[m])], -1))
-                for m in self.names
-            ],
-            -1,
-        )  # (B, M)
-        w = masked_softmax(scores / self.tau, avail, dim=-1)
+        w, scores = self.weights_of(pooled, priors, avail)  # (B, M)
         return {"fused": self._weighted_sum(pooled, w), "weights": w, "scores": scores, "pooled": pooled}
 
     def _mix_per_step(self, xs, ms, avail, priors):
         steps = self.t_common
-        res, scores, projected = {}, [], []
+        res, projected = {}, []
         for i, m in enumerate(self.names):
             h, _ = resample_linear(xs[m], ms[m], steps)
-            h = h * avail[:, i, None, None].to(h.dtype)
-            p = self._prior(priors, m, h[:, 0]).unsqueeze(1).expand(-1, steps, -1)
-            res[m] = h
-            scores.append(self.quality[m](torch.cat([h, p], -1)))  # (B, S, 1)
-            projected.append(self.proj[m](h))  # (B, S, D)
-        scores = torch.cat(scores, -1)  # (B, S, M)
-        w_t = masked_softmax(scores / self.tau, avail.unsqueeze(1).expand_as(scores), dim=-1)
+            res[m] = h * avail[:, i, None, None].to(h.dtype)
+            projected.append(self.proj[m](res[m]))  # (B, S, D)
+        w_t, scores = self.weights_of(res, priors, avail)  # (B, S, M)
         fused_t = (w_t.unsqueeze(-1) * torch.stack(projected, 2)).sum(2)  # (B, S, D)
         any_avail = avail.any(1, keepdim=True).expand(-1, steps)
         return {
