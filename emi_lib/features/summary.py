@@ -9,8 +9,8 @@ and on a real Hume-Vidmimic2 root alike.
 * face: every crop -> grayscale 12x12; over time: per-pixel mean, std and max (3 x 144); three
   horizontal bands (brows/eyes, nose, mouth) of a 48x48 version: mean level, temporal std and
   mean absolute frame difference; the share of video frames that have a crop.
-* voice: kaldi log-mel (40 bins, 25/10 ms): per-bin mean, std, 10th and 90th percentile and mean
-  |delta|; frame RMS in dB (mean, std, percentiles, voiced share); zero-crossing rate; spectral
+* voice: log-mel of the ``logmel`` backbone (:class:`~emi_lib.features.backbones.LogMel`: Kaldi fbank,
+  40 bins, 25/10 ms, input in [-1, 1]): per-bin mean, std, 10th and 90th percentile and mean |delta|; frame RMS in dB (mean, std, percentiles, voiced share); zero-crossing rate; spectral
   flatness; an autocorrelation pitch proxy (log f0 percentiles, spread, mean rise and fall).
 * text: TF-IDF of uni- and bigrams fitted on the train transcripts only, plus word count.
 
@@ -46,6 +46,7 @@ from emi_lib.features.store import subsample_steps
 MODALITIES: tuple[str, ...] = ("face", "voice", "text")
 FACE_GRID = 12
 MAX_FACE_FRAMES = 64  # longer clips are subsampled evenly
+N_MELS = 40  # log-mel bins of the voice summary
 MAX_AUDIO_S = 30.0  # longer audio is cut (the real data has a 1,250 s outlier)
 
 
@@ -149,11 +150,11 @@ def read_wave(path: Path, max_s: float = MAX_AUDIO_S) -> np.ndarray | None:
 def voice_vector(x: np.ndarray) -> np.ndarray:
     """Summary vector of a 16 kHz waveform (see module docstring)."""
     import torch
-    from torchaudio.compliance import kaldi
 
-    fb = kaldi.fbank(torch.from_numpy(x)[None] * 32768.0, num_mel_bins=40, sample_frequency=SAMPLE_RATE,
-                     dither=0.0, energy_floor=1.0).numpy()
-    d = np.abs(np.diff(fb, axis=0)).mean(0) if len(fb) > 1 else np.zeros(40, np.float32)
+    from emi_lib.features.backbones import LogMel  # here: the backbones module is heavy to import
+
+    fb = LogMel(N_MELS)(torch.from_numpy(x)).numpy()  # the logmel backbone's own filterbank, 40 bins
+    d = np.abs(np.diff(fb, axis=0)).mean(0) if len(fb) > 1 else np.zeros(N_MELS, np.float32)
     mel = [fb.mean(0), fb.std(0), np.percentile(fb, 10, axis=0), np.percentile(fb, 90, axis=0), d]
     n = (x.size - 400) // 160 + 1
     idx = np.arange(400)[None, :] + 160 * np.arange(n)[:, None]
