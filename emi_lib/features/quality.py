@@ -43,7 +43,7 @@ is not the noise floor):
 :func:`priors_to_tensors` turns the table into the per-modality prior vectors of the fusion
 (:data:`PRIOR_COLUMNS`: one value per stream by default, from which ``EMIModelConfig.prior_dims`` takes its
 default). NaN means *unknown* and stays NaN all the way to the fusion, which reads every value with a
-known/unknown indicator (:class:`emi_lib.models.fusion.PriorInput`): an unknown prior is never read as 0,
+known/unknown indicator (:class:`emi_lib.models.prior_input.PriorInput`): an unknown prior is never read as 0,
 which here would mean the worst quality.
 """
 
@@ -195,7 +195,7 @@ def compute_priors(root: str | os.PathLike, split: str, ids: Sequence | None = N
     """Face and audio priors of every clip of a split (or ``ids``), indexed by the 5-digit id.
 
     A missing modality gives NaN priors; an unreadable file too, with one warning naming the
-    clips (NaN is an *unknown* prior: the fusion gets it as such, :class:`emi_lib.models.fusion.PriorInput`,
+    clips (NaN is an *unknown* prior: the fusion gets it as such, :class:`emi_lib.models.prior_input.PriorInput`,
     and the availability mask does the rest)."""
     from tqdm.auto import tqdm
 
@@ -238,7 +238,7 @@ def compute_priors(root: str | os.PathLike, split: str, ids: Sequence | None = N
 def priors_to_tensors(priors: pd.DataFrame, ids: Sequence,
                       columns: Mapping[str, Sequence[str]] | None = None) -> dict[str, torch.Tensor]:
     """``{stream: float32 (N, P)}`` in the order of ``ids`` from the prior table; NaN (unknown) stays NaN
-    (the fusion reads it as unknown, with an indicator: :class:`emi_lib.models.fusion.PriorInput`). A clip
+    (the fusion reads it as unknown, with an indicator: :class:`emi_lib.models.prior_input.PriorInput`). A clip
     absent from the table gets NaN; an absent column raises ``KeyError``; an infinite value raises
     ``ValueError`` naming the clips (only NaN means unknown)."""
     columns = PRIOR_COLUMNS if columns is None else columns

@@ -78,7 +78,7 @@ class EMIModelConfig:
     use_priors: bool = True  # feed signal priors (batch["priors"]) to the quality estimators
     # number of prior values per stream (e.g. vision: share of usable face frames, audio: scaled SNR); the
     # default is one per column of emi_lib.features.quality.PRIOR_COLUMNS (the quality estimator reads each
-    # value with a known/unknown indicator: emi_lib.models.fusion.prior_input_dim)
+    # value with a known/unknown indicator: emi_lib.models.prior_input.prior_input_dim)
     prior_dims: dict[str, int] = field(default_factory=lambda: {m: len(c) for m, c in PRIOR_COLUMNS.items()})
     per_step: bool = False  # quality weights per step on a common time base (quality fusion only)
     t_common: int = 32  # number of steps of that common time base
