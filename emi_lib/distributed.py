@@ -38,7 +38,7 @@ import torch
 from emi_lib.constants import EMOTIONS
 
 __all__ = ["DistContext", "all_gather_object", "all_gather_with_grad", "barrier", "broadcast_object", "cleanup", "context",
-           "gather_predictions", "init_distributed", "is_initialized",
+           "gather_predictions", "init_distributed", "is_initialized", "rank_world", "resolve_device",
            "shard_ids"]
 
 
@@ -77,6 +77,32 @@ def context() -> DistContext:
     return DistContext(d.get_rank(), d.get_world_size(), local, dev, backend)
 
 
+def rank_world(rank: int | None = None, world: int | None = None) -> tuple[int, int]:
+    """``(rank, world size)``: the values given, else those of the current process group (0 and 1 without one)."""
+    ctx = context()
+    return (ctx.rank if rank is None else int(rank)), (ctx.world if world is None else int(world))
+
+
+def resolve_device(device: str | torch.device = "auto", rank: int | None = None, world: int | None = None) -> torch.device:
+    """The torch device this process computes on.
+
+    ``"auto"``: CUDA if available, else the CPU. Under DDP (``world`` > 1; ``rank`` and ``world`` default to
+    the current group's) ``"auto"`` and ``"cuda"`` mean this process's own GPU, ``cuda:LOCAL_RANK`` (set by
+    torchrun; ``rank`` without it) modulo the visible GPUs. Anything else (``"cpu"``, ``"cuda:1"``, a
+    ``torch.device``) is taken as given."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto" and not torch.cuda.is_available():
+        return torch.device("cpu")
+    if device in ("auto", "cuda"):
+        rank, world = rank_world(rank, world)
+        if world > 1:
+            local, n_gpus = int(os.environ.get("LOCAL_RANK", rank)), torch.cuda.device_count()
+            return torch.device(f"cuda:{local % n_gpus if n_gpus else local}")
+        return torch.device("cuda")
+    return torch.device(device)
+
+
 def init_distributed(backend: str | None = None, device: str = "auto", timeout_s: float = 1800) -> DistContext:
     """Initialise the default process group from torchrun's environment (``RANK``, ``WORLD_SIZE``,
     ``LOCAL_RANK``, ``MASTER_ADDR``, ``MASTER_PORT``) and return this process's :class:`DistContext`.
@@ -92,8 +118,7 @@ def init_distributed(backend: str | None = None, device: str = "auto", timeout_s
     local = int(os.environ.get("LOCAL_RANK", 0))
     use_cuda = torch.cuda.is_available() and device != "cpu"
     if world <= 1:
-        dev = torch.device(device) if device not in ("auto",) else torch.device("cuda" if use_cuda else "cpu")
-        return DistContext(device=dev)
+        return DistContext(device=resolve_device(device, 0, 1))
     backend = backend or ("nccl" if use_cuda else "gloo")
     if backend == "nccl":
         torch.cuda.set_device(local)
@@ -153,9 +178,7 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
 def shard_ids(ids, rank: int | None = None, world: int | None = None) -> list:
     """This rank's clips: ``ids[rank::world]`` (rank/world default to the current group). Every clip
     goes to exactly one rank; shard sizes differ by at most one."""
-    ctx = context()
-    rank = ctx.rank if rank is None else int(rank)
-    world = ctx.world if world is None else int(world)
+    rank, world = rank_world(rank, world)
     return list(ids)[rank::world]
 
 
@@ -167,8 +190,9 @@ def gather_predictions(ids, preds, columns=EMOTIONS, expected=None) -> pd.DataFr
     is kept once; with different values, or a clip of ``expected`` that no rank sent, or one that it
     does not list, raises ``ValueError`` (on every rank alike)."""
     ids = [str(i) for i in ids]
+    cols = list(columns)
     arr = np.asarray(preds.loc[ids].to_numpy() if isinstance(preds, pd.DataFrame) else preds, dtype=np.float64)
-    arr = arr.reshape(len(ids), -1)
+    arr = arr.reshape(len(ids), -1) if arr.size else arr.reshape(len(ids), len(cols))  # a rank may hold no clip
     parts = all_gather_object((ids, arr))  # first: every rank must reach the gather, even with bad input
     dup = [r for r, (g_ids, _) in enumerate(parts) if len(set(g_ids)) != len(g_ids)]
     if dup:
@@ -189,6 +213,5 @@ def gather_predictions(ids, preds, columns=EMOTIONS, expected=None) -> pd.DataFr
         if missing or extra:
             raise ValueError(f"gathered predictions lack {len(missing)} clip(s) (e.g. {missing[:5]}) and hold "
                              f"{len(extra)} unexpected one(s) (e.g. {extra[:5]})")
-    cols = list(columns)
     data = np.stack([rows[c] for c in order]) if order else np.zeros((0, len(cols)))
     return pd.DataFrame(data, index=pd.Index(order, name="Filename"), columns=cols)

@@ -16,8 +16,8 @@ from emi_lib.models.aligner import (
     ModalityTextAligner,
     build_loss,
     label_distance,
-    pad_batch,
 )
+from emi_lib.models.padding import pad_batch
 
 D, DT = 10, 12
 
@@ -176,3 +176,19 @@ def test_input_statistics_are_fitted_on_valid_steps_and_saved(tmp_path):
     path = save_aligner(m, cfg, tmp_path / "a.pt")
     back, _ = load_aligner(path)
     assert torch.equal(back.in_mean, m.in_mean) and torch.equal(back.in_std, m.in_std)
+
+
+def test_aligner_saved_with_the_former_pooling_names_loads_strictly():
+    """The attention pooling is shared with the fusion (emi_lib.models.pooling); an aligner state dict that
+    names its parameters pool.V / pool.w, as saved before, loads strictly with the same values."""
+    model = _model()
+    sd = model.state_dict()
+    assert {"pool.score.0.weight", "pool.score.2.weight"} <= set(sd) and "pool.score.0.bias" not in sd
+    former = {k.replace("pool.score.0.", "pool.V.").replace("pool.score.2.", "pool.w."): v.clone() + 1.0
+              for k, v in sd.items()}
+    fresh = _model()
+    fresh.load_state_dict(former, strict=True)
+    assert torch.equal(fresh.state_dict()["pool.score.0.weight"], former["pool.V.weight"])
+    assert torch.equal(fresh.state_dict()["pool.score.2.weight"], former["pool.w.weight"])
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        fresh.load_state_dict({**sd, "pool.extra": torch.zeros(1)}, strict=True)  # strict all the same

@@ -14,8 +14,8 @@ from emi_lib.train import Stage2Config, TrainingInterrupted, predict, train_stag
 from emi_lib.train.augment import augment_batch, augment_generator, noise_mix
 from emi_lib.train.config import stage2_config
 from emi_lib.train.losses import aux_head_loss, emi_loss, stage2_loss
-from emi_lib.train.stage2 import _dataset
 from emi_lib.train.stage2_config import check_resumable
+from emi_lib.train.stage2_predict import stage2_dataset
 
 DT = 4
 TWO_PRIORS = {"vision": ["face_quality", "face_share"], "audio": ["audio_quality", "audio_snr_db"]}
@@ -218,7 +218,7 @@ def test_aux_loss_skips_thin_streams_and_decreases():
     torch.testing.assert_close(loss, emi_loss(pv, y)[0])
     mcfg = EMIModelConfig.tiny(DV, DA, aux_heads=True)
     cfg = tiny_cfg(model=mcfg, aux_weight=1.0)
-    batch = _dataset(cfg, planted(30, 1)).collate(range(30))
+    batch = stage2_dataset(cfg, planted(30, 1)).collate(range(30))
     torch.manual_seed(0)
     net = EMIModel(mcfg)
     opt = torch.optim.Adam(net.parameters(), lr=1e-2)

@@ -153,7 +153,8 @@ def _stage2_part(rank, out):
 
 
 def test_stage2_two_processes(spawned):
-    from emi_lib.train.data import epoch_batches, shard
+    from emi_lib.train.buckets import shard
+    from emi_lib.train.data import epoch_batches
     from emi_lib.train.stage2 import load_run, predict
 
     tmp_path = spawned["out"]
@@ -290,3 +291,4 @@ def test_shard_ids_single_process(n):
     assert sorted(sum((shard_ids(ids, r, 3) for r in range(3)), [])) == sorted(ids)  # ... each clip once
     df = gather_predictions(ids[::-1], np.arange(n * 6).reshape(n, 6)[::-1])
     assert list(df.index) == sorted(ids) and df.iloc[0, 0] == 0
+    assert gather_predictions([], []).shape == (0, len(EMOTIONS))  # a rank that holds no clip

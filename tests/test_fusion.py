@@ -329,3 +329,29 @@ def test_an_unknown_prior_is_flagged_not_read_as_the_worst_quality():
     with pytest.raises(ValueError, match="unknown"):
         PriorInput(1).set_stats(torch.full((3, 1), float("nan")), names=["face_quality"])
     assert "prior_input.vision.mean" in fusion.state_dict()  # the statistics travel with the checkpoint
+
+
+@pytest.mark.parametrize("per_step", [False, True])
+def test_weights_of_is_the_forwards_own_path(per_step):
+    """QualityGuidedFusion.weights_of (what the timeline diagnostic calls) gives the forward's weights and scores,
+    priors (known/unknown) included; a missing modality gets exactly 0."""
+    torch.manual_seed(0)
+    fusion = QualityGuidedFusion({"vision": 5, "audio": 4}, 6, prior_dims={"vision": 1, "audio": 1}, per_step=per_step,
+                                 t_common=5)
+    fusion.set_prior_stats({"vision": torch.rand(6, 1), "audio": torch.rand(6, 1)})
+    seqs, masks = _streams()
+    priors = {"vision": torch.tensor([0.1, float("nan"), 0.9, 0.5]), "audio": torch.rand(4)}
+    available = {"audio": torch.tensor([True, True, False, True])}
+    out = fusion(seqs, masks, available=available, priors=priors)
+    if per_step:
+        from emi_lib.models.fusion import resample_linear
+
+        avail = out["available"]
+        pooled = {m: resample_linear(seqs[m], masks[m], 5)[0] * avail[:, i, None, None]
+                  for i, m in enumerate(fusion.names)}
+        w, s = fusion.weights_of(pooled, priors, avail)
+        assert torch.equal(w, out["per_step_weights"]) and torch.equal(s.mean(1), out["scores"])
+    else:
+        w, s = fusion.weights_of(out["pooled"], priors, out["available"])
+        assert torch.equal(w, out["weights"]) and torch.equal(s, out["scores"])
+    assert (w[2, ..., 1] == 0).all()  # clip 2 lacks audio

@@ -16,6 +16,7 @@ from emi_lib.data import (
     probe_video,
     read_face_crops,
 )
+from emi_lib.data.media import count_face_crops, face_files, face_number
 
 
 def _err(fn, path, kind, *args, **kwargs) -> DataError:
@@ -57,6 +58,29 @@ def test_stereo_downmixed(tmp_path):
     x = load_audio(p)
     assert x.shape == (src.shape[0],)
     np.testing.assert_allclose(x, src.mean(axis=1), atol=1e-3)
+
+
+def test_max_seconds_reads_the_first_seconds_only(tmp_path):
+    p = tmp_path / "00003.wav"
+    write_audio(p, seconds=1.0, sr=44_100, freq=440.0)
+    whole, head = load_audio(p), load_audio(p, max_seconds=0.5)
+    assert len(head) == pytest.approx(len(whole) / 2, abs=2)  # resampled after the cut, at 16 kHz
+    assert load_audio(p, max_seconds=5.0).shape == whole.shape  # a cap longer than the file: all of it
+
+
+def test_an_unexpected_error_is_not_called_unreadable(tmp_path, monkeypatch):
+    """Only the decoder's own errors become kind "unreadable"; a bug propagates."""
+    import soundfile as sf
+
+    p = tmp_path / "00004.wav"
+    write_audio(p, seconds=0.2, sr=16_000)
+
+    def boom(*a, **k):
+        raise KeyError("not a decode error")
+
+    monkeypatch.setattr(sf, "SoundFile", boom)
+    with pytest.raises(KeyError):
+        load_audio(p)
 
 
 def test_bad_audio(tmp_path):
@@ -108,6 +132,18 @@ def test_face_crops_numeric_order(tmp_path):
     assert load_face_crops(d, max_frames=3).shape[0] == 3
     assert load_face_crops(d, size=16).shape == (12, 16, 16, 3)
     assert load_face_crops(d, size=(10, 8), stride=4).shape == (3, 10, 8, 3)
+
+
+def test_face_numbers_and_counts(tmp_path):
+    d = tmp_path / "00001"
+    write_faces(d, n=3)
+    (d / "frame_10.png").write_bytes((d / "0.jpg").read_bytes())  # every FACE_EXTENSIONS crop counts
+    assert [face_number(f) for f in face_files(d)] == [0, 1, 2, 10] and count_face_crops(d) == 4
+    assert count_face_crops(tmp_path / "none") == 0  # missing folder
+    (tmp_path / "empty").mkdir()
+    assert count_face_crops(tmp_path / "empty") == 0
+    with pytest.raises(DataError, match="no frame number"):
+        face_number(d / "face.jpg")
 
 
 def test_bad_face_crops(tmp_path):

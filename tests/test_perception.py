@@ -145,7 +145,7 @@ def test_store_keeps_masked_steps_and_refuses_partial_nan(tmp_path):
 
 def test_masked_steps_are_masked_everywhere():
     from emi_lib.eval.retrieval import mean_pool
-    from emi_lib.models.aligner import pad_batch
+    from emi_lib.models.padding import pad_batch
     from emi_lib.train.data import Stage2Data, Stage2Dataset
     from emi_lib.train.inputs import Standardizer, with_detected_faces
 

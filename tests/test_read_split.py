@@ -8,10 +8,17 @@ import numpy as np
 import pytest
 from tiny_root import TEST_IDS, write_audio, write_tiny_root
 
-from emi_lib.constants import EMOTIONS, HEADER
+from emi_lib.constants import EMOTIONS, HEADER, clip_key, clip_stem
 from emi_lib.data import DataError, DataRoot, SkipReport, read_split
 
 GOOD_ROWS = ["0,0.5,0.25,0,1,0.75,0", "1,0,0,0,0,0,0", "2,1,1,1,1,1,1"]
+
+
+def test_clip_ids_have_one_form():
+    assert clip_key(7) == clip_key(np.int64(7)) == clip_key("7") == clip_key(" 00007") == clip_stem(7) == "00007"
+    assert clip_key("a7") == "a7" and clip_key("12660") == "12660"  # any other id is kept as it is
+    with pytest.raises(ValueError):
+        clip_stem("a7")  # a file stem needs an integer
 
 
 @pytest.fixture(scope="module")

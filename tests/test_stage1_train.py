@@ -12,7 +12,8 @@ import torch
 
 from emi_lib.constants import EMOTIONS
 from emi_lib.eval.retrieval import linear_probe, mean_pool, probe_table, retrieval_recall
-from emi_lib.models.aligner import AlignerConfig, pad_batch
+from emi_lib.models.aligner import AlignerConfig
+from emi_lib.models.padding import pad_batch
 from emi_lib.train.stage1 import export_aligned, load_aligner, save_aligner, train_aligner
 from emi_lib.viz.stage1_plots import plot_embedding_pca, plot_retrieval, plot_stage1_losses, plot_temperature
 

@@ -14,6 +14,7 @@ from tiny_root import write_tiny_root
 
 from emi_lib.constants import EMOTIONS
 from emi_lib.eval.metrics import challenge_score
+from emi_lib.features.store import subsample_steps
 from emi_lib.models import EMIModel, EMIModelConfig
 from emi_lib.train import (
     CheckpointMismatchError,
@@ -26,7 +27,8 @@ from emi_lib.train import (
     predict,
     train_stage2,
 )
-from emi_lib.train.data import epoch_batches, shard, subsample_steps
+from emi_lib.train.buckets import shard
+from emi_lib.train.data import epoch_batches
 from emi_lib.train.stage2 import lr_factor
 from emi_lib.viz.stage2_plots import plot_training_curves
 

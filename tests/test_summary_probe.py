@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 
 from emi_lib.constants import EMOTIONS, clip_stem
+from emi_lib.data.labels import read_labels
 from emi_lib.eval.probe import FEATURE_SETS, ridge_table
 from emi_lib.features.summary import (
     MODALITIES,
     all_summary_features,
     split_ids,
-    split_labels,
     summary_features,
 )
 
@@ -61,8 +61,9 @@ def test_single_split_call_matches(smoke_root, feats):
 
 
 def test_labels_reader(smoke_root):
-    assert split_labels(smoke_root, "test").shape == (12, 6)
-    assert list(split_labels(smoke_root, "train").columns) == list(EMOTIONS)
+    assert read_labels(smoke_root, "test").shape == (12, 6)
+    assert list(read_labels(smoke_root, "train").columns) == list(EMOTIONS)
+    assert read_labels(smoke_root, "valid").index.name == "Filename"
 
 
 def test_features_tolerate_broken_files(smoke_root, tmp_path):
@@ -106,9 +107,11 @@ def test_summary_readers_catch_only_the_decoders_errors(smoke_root, monkeypatch)
     def boom(*a, **k):
         raise Boom("not a decode error")
 
-    monkeypatch.setattr(summary.sf, "SoundFile", boom)
+    import soundfile
+
+    monkeypatch.setattr(soundfile, "SoundFile", boom)  # the one audio reader, emi_lib.data.media.load_audio
     with pytest.raises(Boom):
-        summary.read_audio(next((smoke_root / "audio").glob("*.mp3")))
+        summary.read_wave(next((smoke_root / "audio").glob("*.mp3")))
     import av
 
     monkeypatch.setattr(av, "open", boom)

@@ -58,21 +58,29 @@ def _as_hw(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 # --------------------------------------------------------------------------------------- audio
-def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Mono float32 waveform ``(N,)`` at ``target_sr`` Hz from an mp3/wav/flac file (soundfile).
+def load_audio(path: str | os.PathLike, target_sr: int = SAMPLE_RATE, max_seconds: float | None = None) -> np.ndarray:
+    """Mono float32 waveform ``(N,)`` at ``target_sr`` Hz from an mp3/wav/flac file (soundfile): the one
+    audio reader of the workbench.
 
     - several channels are downmixed by their mean ``x[n] = (1/C) sum_c x_c[n]``;
     - a file at another rate is resampled with ``torchaudio.functional.resample`` (windowed sinc),
-      so the length scales by ``target_sr / sr``. Never zero-filled or truncated;
+      so the length scales by ``target_sr / sr``. Never zero-filled, and never truncated unless asked:
+      ``max_seconds`` reads only the file's first ``max_seconds`` seconds (a caller's cap);
     - missing, zero-length, undecodable, zero-sample or NaN/inf audio raises :class:`DataError`:
-      a model fed an empty or garbage waveform would learn from noise without anyone noticing.
+      a model fed an empty or garbage waveform would learn from noise without anyone noticing. Only the
+      decoder's own errors are turned into kind ``unreadable``; any other exception (a bug) propagates.
     """
     import soundfile as sf
 
     p = _require_file(path)
     try:
-        data, sr = sf.read(str(p), dtype="float32", always_2d=True)
-    except Exception as err:  # libsndfile raises LibsndfileError / RuntimeError / TypeError
+        with sf.SoundFile(str(p)) as f:
+            sr = f.samplerate
+            if f.seekable():  # as soundfile.read does: an mp3 decodes (a little) differently without it
+                f.seek(0)
+            data = f.read(frames=-1 if max_seconds is None else int(max_seconds * sr), dtype="float32",
+                          always_2d=True)
+    except (sf.SoundFileError, RuntimeError, TypeError) as err:  # LibsndfileError is both of the first two
         raise DataError(p, f"unreadable audio ({type(err).__name__}: {err})", kind="unreadable") from err
     if data.shape[0] == 0:
         raise DataError(p, "audio has zero samples", kind="empty")
@@ -179,6 +187,15 @@ def probe_video(path: str | os.PathLike, decode_first: bool = True) -> dict:
 
 
 # --------------------------------------------------------------------------------------- faces
+def face_number(path: str | os.PathLike) -> int:
+    """The video frame number of a face crop: the trailing integer of its file stem (``12.jpg`` and
+    ``frame_12.png`` -> 12); a stem without one raises :class:`DataError` kind ``invalid``."""
+    m = _TRAILING_INT.search(os.path.splitext(os.path.basename(path))[0])
+    if m is None:
+        raise DataError(path, "face crop name has no frame number", kind="invalid")
+    return int(m.group(1))
+
+
 def face_files(face_dir: str | os.PathLike) -> list[Path]:
     """The crops of a face folder in *numeric* order (``2.jpg`` before ``10.jpg``).
 
@@ -191,21 +208,23 @@ def face_files(face_dir: str | os.PathLike) -> list[Path]:
         raise DataError(d, "face folder does not exist", kind="missing")
     if not d.is_dir():
         raise DataError(d, "is not a folder of face crops", kind="invalid")
-    keyed = []
     with os.scandir(d) as it:
         names = [e.name for e in it]
-    for name in names:
-        stem, ext = os.path.splitext(name)
-        if ext.lower() not in FACE_EXTENSIONS:
-            continue
-        m = _TRAILING_INT.search(stem)
-        if m is None:
-            raise DataError(d / name, "face crop name has no frame number", kind="invalid")
-        keyed.append((int(m.group(1)), name))
+    keyed = sorted((face_number(d / name), name) for name in names
+                   if os.path.splitext(name)[1].lower() in FACE_EXTENSIONS)
     if not keyed:
         raise DataError(d, "face folder holds no crops", kind="empty")
-    keyed.sort()
     return [d / name for _, name in keyed]
+
+
+def count_face_crops(face_dir: str | os.PathLike) -> int:
+    """Number of crops in a face folder (:func:`face_files`); 0 for a missing or empty folder."""
+    try:
+        return len(face_files(face_dir))
+    except DataError as err:
+        if err.kind in ("missing", "empty"):
+            return 0
+        raise
 
 
 def load_face_crop(path: str | os.PathLike, size: int | tuple[int, int] | None = None) -> np.ndarray:

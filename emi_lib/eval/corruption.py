@@ -16,20 +16,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from emi_lib.constants import EMOTIONS, clip_stem
+from emi_lib.constants import EMOTIONS, clip_key, clip_stem
 from emi_lib.eval.metrics import ConstantColumnWarning, challenge_score
 
 CORRUPTIONS_CSV = Path("synthmimic") / "corruptions.csv"
 MANIFEST = Path("synthmimic") / "manifest.json"
 
 
-def _norm(cid) -> str:
-    return clip_stem(cid) if str(cid).strip().isdigit() else str(cid)
-
-
 def _renamed(df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
-    out.index = [_norm(i) for i in out.index]
+    out.index = [clip_key(i) for i in out.index]
     return out
 
 
@@ -47,7 +43,7 @@ def load_corruptions(src) -> pd.DataFrame:
     if "Filename" in df.columns:
         df.index = pd.Index([clip_stem(i) for i in df.pop("Filename")], name="Filename")
     else:
-        df.index = pd.Index([_norm(i) for i in df.index], name="Filename")
+        df.index = pd.Index([clip_key(i) for i in df.index], name="Filename")
     for col in ("face_corruption", "audio_corruption"):
         if col not in df.columns:
             raise ValueError(f"corruption table lacks the column {col!r}")

@@ -20,9 +20,10 @@ import numpy as np
 import pandas as pd
 
 from emi_lib.constants import EMOTIONS
+from emi_lib.data.labels import read_labels
 from emi_lib.eval.corruption import noise_ceiling
 from emi_lib.eval.metrics import challenge_score
-from emi_lib.features.summary import all_summary_features, split_labels
+from emi_lib.features.summary import all_summary_features
 
 #: Feature-set name -> modalities concatenated.
 FEATURE_SETS: dict[str, tuple[str, ...]] = {
@@ -59,7 +60,7 @@ def ridge_table(root: str | os.PathLike, eval_splits=("valid", "test"), feature_
     """
     root = Path(root)
     feature_sets = FEATURE_SETS if feature_sets is None else feature_sets
-    labels = {s: split_labels(root, s) for s in ("train", *eval_splits)}
+    labels = {s: read_labels(root, s) for s in ("train", *eval_splits)}
     if labels["train"] is None:
         raise ValueError(f"{root}: the train split has no labels")
     eval_splits = [s for s in eval_splits if labels.get(s) is not None]

@@ -11,7 +11,8 @@ rows sorted by id and every value a number in [0, 1].
   duplicate ids, non-numeric values, NaN, values outside [0, 1], and ids missing from or extra to
   ``test_data/test_split.csv`` (a few listed each time).
 - :func:`score_submission` scores a valid file with the hidden labels in
-  ``synthmimic/test_labels.csv`` (SynthMimic only; the real challenge keeps them on its server).
+  ``synthmimic/test_labels.csv`` (SynthMimic only; the real challenge keeps them on its server), read by
+  :func:`emi_lib.data.labels.read_hidden_labels` (importable from here too).
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ import pandas as pd
 
 from emi_lib.constants import EMOTIONS, HEADER, clip_stem
 from emi_lib.data.errors import DataError
+from emi_lib.data.labels import read_hidden_labels
 from emi_lib.eval.metrics import challenge_score
 
-HIDDEN_LABELS = Path("synthmimic") / "test_labels.csv"
 _LISTED = 5
 
 
@@ -152,19 +153,6 @@ def validate_submission(path: str | os.PathLike, root: str | os.PathLike) -> pd.
     index = pd.Index([clip_stem(i) for i in ids], name="Filename")
     return pd.DataFrame(np.asarray(values, dtype=np.float64).reshape(-1, len(EMOTIONS)), index=index,
                         columns=list(EMOTIONS)).sort_index()
-
-
-def read_hidden_labels(root: str | os.PathLike) -> pd.DataFrame:
-    """SynthMimic's hidden test labels (``synthmimic/test_labels.csv``) indexed by the 5-digit id."""
-    path = Path(root) / HIDDEN_LABELS
-    if not path.exists():
-        raise DataError(path, "hidden test labels are not available (only a SynthMimic root has them; the "
-                        "real challenge scores test submissions on its server)", kind="missing")
-    df = pd.read_csv(path)
-    if tuple(df.columns) != HEADER:
-        raise DataError(path, f"wrong header {list(df.columns)}", kind="header")
-    df.index = pd.Index([clip_stem(i) for i in df.pop("Filename")], name="Filename")
-    return df.astype(np.float64)
 
 
 def score_submission(path: str | os.PathLike, root: str | os.PathLike) -> dict:

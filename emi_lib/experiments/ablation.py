@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from emi_lib.constants import EMOTIONS
+from emi_lib.constants import EMOTIONS, clip_key
 from emi_lib.eval.metrics import challenge_score
 
 
@@ -189,7 +189,7 @@ def run_ablation(variants, seeds, sets_by_inputs: dict, eval_split: str, eval_la
     out = Path(out_dir)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     eval_labels = eval_labels.copy()
-    eval_labels.index = [str(i) for i in eval_labels.index]
+    eval_labels.index = [clip_key(i) for i in eval_labels.index]
     for key in variants:
         if VARIANTS[key].inputs not in sets_by_inputs:
             raise ValueError(f"variant {key!r} needs {VARIANTS[key].inputs!r} inputs, which were not given")

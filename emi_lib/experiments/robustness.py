@@ -110,15 +110,14 @@ def evaluate_sweep(models: dict, inputs_by_kind: dict, levels: pd.DataFrame, pro
     Stage2Inputs of the training root}. Returns one row per (variant, seed, level): ``axis, level, severity,
     mean, <six emotions>, w_vision, w_audio`` (mean fusion weight over the clips that have both
     modalities; NaN for a single-modality model), ``n``. ``workers`` processes prepare the levels' inputs."""
+    from emi_lib.data.labels import read_hidden_labels
     from emi_lib.eval.metrics import challenge_score
-    from emi_lib.eval.submission import read_hidden_labels
     from emi_lib.train.stage2 import predict
 
     rows = []
     level_data = prepare_sweep_inputs(levels, inputs_by_kind, profile, workers, progress)
     for lv, data in zip(levels.itertuples(), level_data, strict=True):
         labels = read_hidden_labels(lv.root)
-        labels.index = [str(i) for i in labels.index]
         for (key, seed), (model, kind) in models.items():
             pred, w, extras = predict(model, data[kind], batch_size=64)
             s = challenge_score(pred, labels.loc[pred.index])

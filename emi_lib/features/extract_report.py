@@ -1,6 +1,7 @@
 """What an extraction run did, and what failed in it: :class:`ExtractionReport` (one split, one modality),
-:class:`ExtractionReports` (what :func:`~emi_lib.features.extract.extract_all` returns) and
-:func:`recorded_failures` (the same, read back from a store's ``_meta.json`` files).
+:class:`ExtractionReports` (what :func:`~emi_lib.features.extract.extract_all` returns), their merges (the
+parts of a concatenated backbone, the ranks of a DDP run), and the same on disk: :func:`write_meta` /
+:func:`read_meta` (a split's ``_meta.json``) and :func:`recorded_failures` (read back from a store).
 
 Three outcomes are kept apart, and never merged into "missing":
 
@@ -20,13 +21,13 @@ Three outcomes are kept apart, and never merged into "missing":
 from __future__ import annotations
 
 import json
+import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emi_lib.data import SkipReport
-from emi_lib.features.store import META_NAME
-
-#: Name of the per-split metadata file of the feature store.
+from emi_lib.data import DataError, SkipReport
+from emi_lib.features.store import META_NAME, FeatureStore, backbone_key
 
 
 @dataclass
@@ -163,3 +164,108 @@ def recorded_failures(store, modality: str, backbone: str, splits) -> dict:
         if got["failed"] or got["unreadable_frames"]:
             out[f"{modality}/{split}"] = got
     return out
+
+
+def merge_part_reports(backbone: str, name: str, reps: list[ExtractionReport]) -> ExtractionReport:
+    """One report for a concatenation from its parts' reports: a clip is stored when every part stored
+    it, missing or failed when any part is."""
+    first = reps[0]
+    out = ExtractionReport(first.split, first.modality, backbone, name, first.folder, n_clips=first.n_clips,
+                           strides=dict(first.strides), frame_rate=first.frame_rate,
+                           seconds=sum(r.seconds for r in reps), cleaned_tmp=sum(r.cleaned_tmp for r in reps))
+    for r in reps:  # every part reads the same crops: the same unreadable ones
+        for c, v in r.unreadable_frames.items():
+            out.unreadable_frames.setdefault(c, list(v))
+    out.dim = sum(r.dim for r in reps) if all(r.dim for r in reps) else None
+    stored = [set(r.computed) | set(r.existing) for r in reps]
+    out.existing = [c for c in first.existing if all(c in r.existing for r in reps)]
+    out.reused = [c for c in first.reused if all(c in r.reused or c in r.existing for r in reps)]
+    out.computed = [c for c in dict.fromkeys(c for r in reps for c in r.computed) if all(c in s for s in stored)]
+    seen_m, seen_f = set(), set()
+    for r in reps:
+        for row in r.issues.missing:
+            if row[0] not in seen_m:
+                seen_m.add(row[0])
+                out.issues.missing.append(row)
+        for row in r.issues.skipped:
+            if row[0] not in seen_f:
+                seen_f.add(row[0])
+                out.issues.skipped.append(row)
+    return out
+
+
+def merge_rank_reports(rep: ExtractionReport, todo: list[str], time_axis: str, wanted: list[str]):
+    """Every rank's part of the run (all-gathered) merged into one report, in ``wanted`` order;
+    returns ``(report, every rank's attempted clips, time axis)`` (the same on every rank)."""
+    from emi_lib.distributed import all_gather_object
+
+    parts = all_gather_object({"computed": rep.computed, "existing": rep.existing, "missing": rep.issues.missing,
+                               "skipped": rep.issues.skipped, "strides": rep.strides, "dim": rep.dim,
+                               "frame_rate": rep.frame_rate, "seconds": rep.seconds, "todo": todo,
+                               "time_axis": time_axis, "cleaned_tmp": rep.cleaned_tmp,
+                               "unreadable_frames": rep.unreadable_frames})
+    pos = {c: i for i, c in enumerate(wanted)}
+    first = lambda key: next((p[key] for p in parts if p[key] not in (None, "")), parts[0][key])  # noqa: E731
+    out = ExtractionReport(rep.split, rep.modality, rep.backbone, rep.store_backbone, rep.folder, n_clips=len(wanted),
+                           dim=first("dim"), frame_rate=first("frame_rate"), seconds=max(p["seconds"] for p in parts),
+                           cleaned_tmp=sum(p["cleaned_tmp"] for p in parts))
+    for p in parts:
+        out.computed += p["computed"]
+        out.existing += p["existing"]
+        out.issues.missing += p["missing"]
+        out.issues.skipped += p["skipped"]
+        out.strides |= p["strides"]
+        out.unreadable_frames |= p["unreadable_frames"]
+    out.computed.sort(key=pos.get)
+    out.existing.sort(key=pos.get)
+    out.issues.missing.sort(key=lambda r: pos.get(r[0], -1))
+    out.issues.skipped.sort(key=lambda r: pos.get(r[0], -1))
+    todo_all = sorted((c for p in parts for c in p["todo"]), key=pos.get)
+    return out, todo_all, first("time_axis")
+
+
+def write_meta(folder: Path, rep: ExtractionReport, settings: dict, attempted: set[str], stored: set[str],
+                split_ids: list[str]) -> Path:
+    """Write ``<folder>/_meta.json`` (atomically) after a run: this run's outcome merged with what earlier runs
+    recorded for the clips it did not attempt (module docstring of :mod:`emi_lib.features.extract`)."""
+    path = folder / META_NAME
+    prev = {}
+    if path.exists():
+        try:
+            prev = json.loads(path.read_text())
+        except ValueError:
+            prev = {}
+    keep = lambda d: {c: v for c, v in d.items() if c not in attempted and c not in stored}  # noqa: E731
+    missing = keep(prev.get("missing", {})) | {cid: msg for cid, _, msg in rep.issues.missing}
+    failed = keep(prev.get("failed", {})) | {cid: {"kind": k, "message": m} for cid, k, m in rep.issues.skipped}
+    strides = {c: s for c, s in prev.get("strides", {}).items() if c in stored and c not in attempted}
+    strides |= {c: s for c, s in rep.strides.items() if c in stored}
+    frames = {c: v for c, v in prev.get("unreadable_frames", {}).items() if c in stored and c not in attempted}
+    frames |= {c: v for c, v in rep.unreadable_frames.items() if c in stored}
+    n_stored = len(stored & set(split_ids))
+    meta = {
+        "modality": rep.modality, "backbone": rep.backbone, "store_backbone": rep.store_backbone,
+        "backbone_key": backbone_key(rep.store_backbone), "split": rep.split, "dim": rep.dim,
+        "frame_rate": rep.frame_rate, "time_axis": settings.pop("time_axis"), "settings": settings,
+        "n_clips": len(split_ids), "n_stored": n_stored, "n_missing": len(missing), "n_failed": len(failed),
+        "complete": n_stored + len(missing) == len(split_ids) and not failed,
+        "missing": dict(sorted(missing.items())), "failed": dict(sorted(failed.items())),
+        "strides": dict(sorted(strides.items())),
+        "n_unreadable_frames": sum(len(v) for v in frames.values()), "unreadable_frames": dict(sorted(frames.items())),
+        "last_run": {"computed": rep.n_done, "already_stored": rep.n_existing, "seconds": round(rep.seconds, 3),
+                     "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (META_NAME + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def read_meta(store, modality: str, backbone: str, split: str) -> dict:
+    """The ``_meta.json`` of a split (``backbone``: the store name, see :func:`store_backbone`)."""
+    store = store if isinstance(store, FeatureStore) else FeatureStore(store)
+    path = store.folder(modality, backbone, split) / META_NAME
+    if not path.exists():
+        raise DataError(path, f"no extraction metadata for {modality}/{backbone}/{split}", kind="missing")
+    return json.loads(path.read_text())

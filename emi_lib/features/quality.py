@@ -43,7 +43,7 @@ is not the noise floor):
 :func:`priors_to_tensors` turns the table into the per-modality prior vectors of the fusion
 (:data:`PRIOR_COLUMNS`: one value per stream by default, from which ``EMIModelConfig.prior_dims`` takes its
 default). NaN means *unknown* and stays NaN all the way to the fusion, which reads every value with a
-known/unknown indicator (:class:`emi_lib.models.fusion.PriorInput`): an unknown prior is never read as 0,
+known/unknown indicator (:class:`emi_lib.models.prior_input.PriorInput`): an unknown prior is never read as 0,
 which here would mean the worst quality.
 """
 
@@ -59,7 +59,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emi_lib.constants import SAMPLE_RATE
+from emi_lib.constants import SAMPLE_RATE, clip_key
+from emi_lib.features.store import subsample_steps
 
 #: Columns of the prior vector of each stream (the default, one value each).
 PRIOR_COLUMNS: dict[str, tuple[str, ...]] = {"vision": ("face_quality",), "audio": ("audio_quality",)}
@@ -126,7 +127,7 @@ def face_quality(face_dir: str | os.PathLike, video_path: str | os.PathLike | No
     """Face priors of one clip (module docstring). ``n_frames`` overrides the frame count. An unreadable
     crop counts as an unusable frame (``face_unreadable``); its file and problem are appended to ``problems``."""
     from emi_lib.data import DataError
-    from emi_lib.data.media import face_files, load_face_crop
+    from emi_lib.data.media import face_files, face_number, load_face_crop
 
     try:
         files = face_files(face_dir)
@@ -138,12 +139,12 @@ def face_quality(face_dir: str | os.PathLike, video_path: str | os.PathLike | No
     if n_frames is None and video_path is not None and Path(video_path).exists():
         total = _video_frames(video_path)
     if not math.isfinite(total) and files:
-        total = float(max(int("".join(c for c in f.stem if c.isdigit())[-9:] or 0) for f in files) + 1)
+        total = float(max(face_number(f) for f in files) + 1)
     out = {"face_crops": len(files), "video_frames": total, "face_unreadable": 0}
     if not files:
         share = 0.0 if math.isfinite(total) else math.nan
         return {**out, "face_share": share, "face_visible_share": math.nan, "face_quality": share}
-    pick = np.unique(np.linspace(0, len(files) - 1, min(len(files), max_frames)).round().astype(int))
+    pick = subsample_steps(len(files), max_frames)
     crops = []
     for i in pick:
         try:
@@ -194,15 +195,14 @@ def compute_priors(root: str | os.PathLike, split: str, ids: Sequence | None = N
     """Face and audio priors of every clip of a split (or ``ids``), indexed by the 5-digit id.
 
     A missing modality gives NaN priors; an unreadable file too, with one warning naming the
-    clips (NaN is an *unknown* prior: the fusion gets it as such, :class:`emi_lib.models.fusion.PriorInput`,
+    clips (NaN is an *unknown* prior: the fusion gets it as such, :class:`emi_lib.models.prior_input.PriorInput`,
     and the availability mask does the rest)."""
     from tqdm.auto import tqdm
 
-    from emi_lib.constants import clip_stem
     from emi_lib.data import DataError, DataRoot, load_audio
 
     dr = DataRoot(root)
-    ids = dr.ids(split) if ids is None else [clip_stem(i) if str(i).isdigit() else str(i) for i in ids]
+    ids = dr.ids(split) if ids is None else [clip_key(i) for i in ids]
     rows, problems = {}, []
     for cid in tqdm(ids, desc=f"priors {split}", disable=not progress, leave=False):
         video = dr.video_path(split, cid)
@@ -238,13 +238,13 @@ def compute_priors(root: str | os.PathLike, split: str, ids: Sequence | None = N
 def priors_to_tensors(priors: pd.DataFrame, ids: Sequence,
                       columns: Mapping[str, Sequence[str]] | None = None) -> dict[str, torch.Tensor]:
     """``{stream: float32 (N, P)}`` in the order of ``ids`` from the prior table; NaN (unknown) stays NaN
-    (the fusion reads it as unknown, with an indicator: :class:`emi_lib.models.fusion.PriorInput`). A clip
+    (the fusion reads it as unknown, with an indicator: :class:`emi_lib.models.prior_input.PriorInput`). A clip
     absent from the table gets NaN; an absent column raises ``KeyError``; an infinite value raises
     ``ValueError`` naming the clips (only NaN means unknown)."""
     columns = PRIOR_COLUMNS if columns is None else columns
-    ids = [str(i) for i in ids]
+    ids = [clip_key(i) for i in ids]
     table = priors.copy()
-    table.index = [str(i) for i in table.index]
+    table.index = [clip_key(i) for i in table.index]
     out = {}
     for stream, cols in columns.items():
         cols = list(cols)

@@ -59,6 +59,16 @@ def valid_steps(a) -> np.ndarray:
     return ~np.isnan(a).any(axis=1) if a.dtype.kind == "f" else np.ones(len(a), dtype=bool)
 
 
+def subsample_steps(length: int, max_len: int | None) -> np.ndarray:
+    r"""Indices of the steps kept from a sequence of ``length`` steps: all when it fits, else ``max_len`` evenly
+    spaced ones, :math:`t_j = \mathrm{round}(j (T-1)/(L-1))`, :math:`j = 0..L-1` (ours: keeps the whole clip's
+    span, which a crop would not, and is deterministic). The one even subsampling of the workbench: long
+    feature sequences (stage 1 and 2 batches) and face crops (summary features, priors)."""
+    if max_len is None or length <= max_len:
+        return np.arange(length)
+    return np.linspace(0, length - 1, int(max_len)).round().astype(int)
+
+
 def check_features(arr: np.ndarray, what: str) -> None:
     """Raise ``ValueError`` unless every value is finite or its whole row is NaN (a masked step)."""
     bad = ~np.isfinite(arr)

@@ -1,15 +1,16 @@
 r"""Hand-made per-clip summary features of each modality, read from the written files.
 
 They feed the ridge check (:mod:`emi_lib.eval.probe`), so they are deliberately plain:
-no learned model, no temporal modelling, no generator internals. They read the layout with
-plain readers (Pillow for ``face_images/``, soundfile for ``audio/``, text files), so they work
-on a SynthMimic root and on a real Hume-Vidmimic2 root alike.
+no learned model, no temporal modelling, no generator internals. They read the layout with the
+workbench's own readers (:mod:`emi_lib.data.media`: :func:`~emi_lib.data.media.face_files` for
+``face_images/``, :func:`~emi_lib.data.media.load_audio` for ``audio/``), so they work on a SynthMimic root
+and on a real Hume-Vidmimic2 root alike.
 
 * face: every crop -> grayscale 12x12; over time: per-pixel mean, std and max (3 x 144); three
   horizontal bands (brows/eyes, nose, mouth) of a 48x48 version: mean level, temporal std and
   mean absolute frame difference; the share of video frames that have a crop.
-* voice: kaldi log-mel (40 bins, 25/10 ms): per-bin mean, std, 10th and 90th percentile and mean
-  |delta|; frame RMS in dB (mean, std, percentiles, voiced share); zero-crossing rate; spectral
+* voice: log-mel of the ``logmel`` backbone (:class:`~emi_lib.features.backbones.LogMel`: Kaldi fbank,
+  40 bins, 25/10 ms, input in [-1, 1]): per-bin mean, std, 10th and 90th percentile and mean |delta|; frame RMS in dB (mean, std, percentiles, voiced share); zero-crossing rate; spectral
   flatness; an autocorrelation pitch proxy (log f0 percentiles, spread, mean rise and fall).
 * text: TF-IDF of uni- and bigrams fitted on the train transcripts only, plus word count.
 
@@ -21,8 +22,8 @@ counts a clip's unreadable files (a corrupt face crop, an mp4 whose header does 
 not decode or holds NaN samples, a transcript that is not UTF-8), and :func:`summary_features` warns naming
 them. A face clip keeps its readable crops (one bad crop costs that crop, not the clip); a clip with no
 readable crop, audio or text is ``_missing`` = 1. Only the decoders' own errors are caught (Pillow's
-``OSError`` / ``SyntaxError``, soundfile's ``SoundFileError``, PyAV's ``FFmpegError``, ``UnicodeDecodeError``):
-anything else is a bug and raises.
+``OSError`` / ``SyntaxError``, soundfile's as :func:`~emi_lib.data.media.load_audio` turns them into a
+:class:`DataError`, PyAV's ``FFmpegError``, ``UnicodeDecodeError``): anything else is a bug and raises.
 """
 
 from __future__ import annotations
@@ -33,16 +34,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 from PIL import Image
 from tqdm.auto import tqdm
 
-from emi_lib.constants import EMOTIONS, SAMPLE_RATE, SPLIT_CSV, clip_stem
+from emi_lib.constants import SAMPLE_RATE, SPLIT_CSV, clip_stem
 from emi_lib.data.errors import DataError
+from emi_lib.data.layout import ABSENT_KINDS, read_split
+from emi_lib.data.media import face_files, load_audio
+from emi_lib.features.store import subsample_steps
 
 MODALITIES: tuple[str, ...] = ("face", "voice", "text")
 FACE_GRID = 12
 MAX_FACE_FRAMES = 64  # longer clips are subsampled evenly
+N_MELS = 40  # log-mel bins of the voice summary
 MAX_AUDIO_S = 30.0  # longer audio is cut (the real data has a 1,250 s outlier)
 
 
@@ -51,23 +55,8 @@ def _base(root: Path, split: str) -> Path:
 
 
 def split_ids(root: str | os.PathLike, split: str) -> list[int]:
-    """Integer clip ids of a split, in file order (read with pandas, no validation)."""
-    df = pd.read_csv(Path(root) / SPLIT_CSV[split], encoding="utf-8-sig")
-    df.columns = [c.strip() for c in df.columns]
-    return [int(v) for v in df["Filename"]]
-
-
-def split_labels(root: str | os.PathLike, split: str) -> pd.DataFrame | None:
-    """Labels of a split indexed by the 5-digit id; for ``test`` the hidden SynthMimic labels
-    (``synthmimic/test_labels.csv``) or None when there are none."""
-    root = Path(root)
-    path = root / "synthmimic" / "test_labels.csv" if split == "test" else root / SPLIT_CSV[split]
-    if not path.exists():
-        return None
-    df = pd.read_csv(path, encoding="utf-8-sig")
-    df.columns = [c.strip() for c in df.columns]
-    df.index = pd.Index([clip_stem(v) for v in df.pop("Filename")], name="Filename")
-    return df[list(EMOTIONS)].astype(np.float64)
+    """Integer clip ids of a split, in file order (the validated split CSV, :func:`~emi_lib.data.layout.read_split`)."""
+    return [int(c) for c in read_split(root, split).index]
 
 
 # --- face ------------------------------------------------------------------------------------
@@ -108,12 +97,14 @@ def face_vector(folder: Path, mp4: Path | None = None, problems: list | None = N
 
     An unreadable crop (or mp4 header) is appended to ``problems`` as a message naming the file and the
     clip keeps its other crops; with ``problems=None`` it raises :class:`DataError` instead."""
-    files = sorted(folder.glob("*.jpg"), key=lambda p: int(p.stem)) if folder.is_dir() else []
-    if not files:
+    try:
+        files = face_files(folder)  # every FACE_EXTENSIONS crop, in frame order
+    except DataError as err:
+        if err.kind not in ABSENT_KINDS:  # e.g. a crop name without a frame number
+            _collect(problems, err)
         return None
     n_all = len(files)
-    if n_all > MAX_FACE_FRAMES:
-        files = [files[i] for i in np.linspace(0, n_all - 1, MAX_FACE_FRAMES).round().astype(int)]
+    files = [files[i] for i in subsample_steps(n_all, MAX_FACE_FRAMES)]
     small, mid = [], []
     for f in files:
         g = _read_gray(f, problems)
@@ -142,36 +133,28 @@ def face_vector(folder: Path, mp4: Path | None = None, problems: list | None = N
 
 
 # --- voice -----------------------------------------------------------------------------------
-def read_audio(path: Path, max_s: float = MAX_AUDIO_S) -> np.ndarray | None:
-    """Mono float32 at 16 kHz (first ``max_s`` seconds), or None if missing, empty (0 bytes) or shorter
-    than one 25 ms frame. A file soundfile cannot decode, or one with NaN/inf samples, raises
-    :class:`DataError` kind ``unreadable`` naming it (only soundfile's own errors are caught)."""
-    if not path.exists() or path.stat().st_size == 0:
-        return None
+def read_wave(path: Path, max_s: float = MAX_AUDIO_S) -> np.ndarray | None:
+    """The first ``max_s`` seconds of a clip's audio, mono float32 at 16 kHz
+    (:func:`~emi_lib.data.media.load_audio`: resampled, never zero-filled), or None when it is missing,
+    empty (0 bytes, no samples) or shorter than one 25 ms frame. A file that does not decode, or holds
+    NaN/inf samples, raises its :class:`DataError`."""
     try:
-        with sf.SoundFile(str(path)) as f:
-            sr = f.samplerate
-            x = f.read(frames=int(max_s * sr), dtype="float32", always_2d=True).mean(axis=1)
-    except sf.SoundFileError as err:  # LibsndfileError and friends
-        raise DataError(path, f"unreadable audio ({type(err).__name__}: {err})", kind="unreadable") from err
-    if not np.isfinite(x).all():
-        raise DataError(path, f"audio has {int((~np.isfinite(x)).sum())} NaN/inf samples", kind="unreadable")
-    if sr != SAMPLE_RATE and x.size:
-        import torch
-        import torchaudio.functional as AF
-
-        x = AF.resample(torch.from_numpy(x), sr, SAMPLE_RATE).numpy()
+        x = load_audio(path, SAMPLE_RATE, max_seconds=max_s)
+    except DataError as err:
+        if err.kind in ABSENT_KINDS:
+            return None
+        raise
     return x if x.size >= 400 else None
 
 
 def voice_vector(x: np.ndarray) -> np.ndarray:
     """Summary vector of a 16 kHz waveform (see module docstring)."""
     import torch
-    from torchaudio.compliance import kaldi
 
-    fb = kaldi.fbank(torch.from_numpy(x)[None] * 32768.0, num_mel_bins=40, sample_frequency=SAMPLE_RATE,
-                     dither=0.0, energy_floor=1.0).numpy()
-    d = np.abs(np.diff(fb, axis=0)).mean(0) if len(fb) > 1 else np.zeros(40, np.float32)
+    from emi_lib.features.backbones import LogMel  # here: the backbones module is heavy to import
+
+    fb = LogMel(N_MELS)(torch.from_numpy(x)).numpy()  # the logmel backbone's own filterbank, 40 bins
+    d = np.abs(np.diff(fb, axis=0)).mean(0) if len(fb) > 1 else np.zeros(N_MELS, np.float32)
     mel = [fb.mean(0), fb.std(0), np.percentile(fb, 10, axis=0), np.percentile(fb, 90, axis=0), d]
     n = (x.size - 400) // 160 + 1
     idx = np.arange(400)[None, :] + 160 * np.arange(n)[:, None]
@@ -241,7 +224,7 @@ def _voice(base: Path, s: str, problems: list) -> np.ndarray | None:
         if not path.exists():
             continue
         try:
-            x = read_audio(path)
+            x = read_wave(path)
         except DataError as err:
             problems.append(str(err))
             continue

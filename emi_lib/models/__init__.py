@@ -1,23 +1,25 @@
-"""Stage-2 models: visual TCN, gated audio BiLSTM, pooling, quality-guided fusion, the EMI model."""
+"""Stage-2 models: visual TCN, gated audio BiLSTM, pooling (shared with stage 1), quality-guided fusion, the EMI model."""
 
 from emi_lib.models.emi_model import MODEL_FUSIONS, EMIModel, EMIModelConfig, count_parameters
 from emi_lib.models.fusion import (
     FUSION_KINDS,
-    POOLING_KINDS,
-    AttentionPooling,
     ConcatFusion,
     EqualFusion,
     Fusion,
-    MeanPooling,
     QualityGuidedFusion,
     StaticFusion,
     build_fusion,
-    make_pooling,
-    masked_mean,
-    masked_softmax,
     resample_linear,
 )
 from emi_lib.models.gated_bilstm import GatedBiLSTM, lengths_from_mask
+from emi_lib.models.pooling import (
+    POOLING_KINDS,
+    AttentionPooling,
+    MeanPooling,
+    make_pooling,
+    masked_mean,
+    masked_softmax,
+)
 from emi_lib.models.tcn import TemporalBlock, TemporalConvNet, default_dilations, tcn_receptive_field
 
 __all__ = [

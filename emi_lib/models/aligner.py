@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,7 +59,7 @@ from open_clip.loss import ClipLoss
 from torch import nn
 
 from emi_lib.features.store import valid_steps
-from emi_lib.models.fusion import masked_mean, masked_softmax
+from emi_lib.models.pooling import AttentionPooling, masked_mean
 
 POOLINGS = ("attention", "mean")
 LABEL_DISTANCES = ("l1", "cosine")
@@ -132,41 +131,6 @@ class AlignerConfig:
         return cls(**base)
 
 
-def pad_batch(arrays: Sequence[np.ndarray], dim: int | None = None,
-              max_steps: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pad a list of (T_i, D) arrays into ``x`` (B, T_max, D) float32 and a prefix ``mask`` (B, T_max) bool.
-
-    A (0, D) or empty array gives an all-False mask row; a row of NaN (a masked step, see
-    :func:`emi_lib.features.store.valid_steps`) is a zero input with mask False. ``dim`` is needed when every array is
-    empty. ``max_steps`` subsamples a longer sequence at evenly spaced steps (ours: keeps the whole
-    clip's span, unlike a crop)."""
-    arrs = []
-    for a in arrays:
-        a = np.asarray(a, dtype=np.float32)
-        if a.size == 0:
-            a = a.reshape(0, a.shape[-1] if a.ndim == 2 else (dim or 0))
-        elif a.ndim == 1:
-            a = a[None, :]
-        if max_steps is not None and len(a) > max_steps:
-            a = a[np.linspace(0, len(a) - 1, max_steps).round().astype(int)]
-        arrs.append(a)
-    dims = {a.shape[1] for a in arrs if len(a)}
-    if len(dims) > 1:
-        raise ValueError(f"arrays have different feature sizes {sorted(dims)}")
-    d = dims.pop() if dims else dim
-    if d is None:
-        raise ValueError("every array is empty: pass dim")
-    t_max = max([len(a) for a in arrs] + [1])
-    x = torch.zeros(len(arrs), t_max, d)
-    mask = torch.zeros(len(arrs), t_max, dtype=torch.bool)
-    for i, a in enumerate(arrs):
-        if len(a):
-            ok = valid_steps(a)  # a NaN row is a masked step: zero input, mask False
-            x[i, : len(a)] = torch.from_numpy(np.where(ok[:, None], a, 0.0).astype(np.float32))
-            mask[i, : len(a)] = torch.from_numpy(ok)
-    return x, mask
-
-
 def _mlp(in_dim: int, hidden: int, out_dim: int, layers: int, dropout: float, norm: bool) -> nn.Module:
     """LayerNorm? -> [Linear -> GELU -> Dropout] x (layers - 1) -> Linear; identity for layers=0."""
     if layers == 0:
@@ -180,24 +144,6 @@ def _mlp(in_dim: int, hidden: int, out_dim: int, layers: int, dropout: float, no
     return nn.Sequential(*mods)
 
 
-class FrameAttentionPool(nn.Module):
-    r"""Masked attention pooling :math:`a_t = \mathrm{softmax}_{valid}(w^\top\tanh(V h_t))`, :math:`\sum_t a_t h_t`.
-
-    No biases, as in the equation; an all-False mask gives the zero vector (never NaN)."""
-
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.V = nn.Linear(dim, hidden, bias=False)
-        self.w = nn.Linear(hidden, 1, bias=False)
-
-    def weights(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, T) attention weights, exactly 0 on padding."""
-        return masked_softmax(self.w(torch.tanh(self.V(h))).squeeze(-1), mask, dim=1)
-
-    def forward(self, h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bt,btd->bd", self.weights(h, mask), h)
-
-
 class ModalityTextAligner(nn.Module):
     """One modality-text contrastive network (see the module docstring)."""
 
@@ -205,7 +151,8 @@ class ModalityTextAligner(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.frame_proj = _mlp(cfg.in_dim, cfg.hidden, cfg.embed_dim, cfg.frame_layers, cfg.dropout, cfg.input_norm)
-        self.pool = FrameAttentionPool(cfg.embed_dim, cfg.attn_hidden) if cfg.pooling == "attention" else None
+        # no biases, as in the equation (module docstring)
+        self.pool = AttentionPooling(cfg.embed_dim, cfg.attn_hidden, bias=False) if cfg.pooling == "attention" else None
         self.text_proj = _mlp(cfg.text_dim, cfg.hidden, cfg.embed_dim, cfg.text_layers, cfg.dropout, cfg.input_norm)
         if not cfg.text_trainable:
             for p in self.text_proj.parameters():

@@ -40,8 +40,9 @@ from torch import nn
 
 from emi_lib.constants import EMOTIONS
 from emi_lib.features.quality import PRIOR_COLUMNS
-from emi_lib.models.fusion import FUSION_KINDS, POOLING_KINDS, Fusion, build_fusion
+from emi_lib.models.fusion import FUSION_KINDS, Fusion, build_fusion
 from emi_lib.models.gated_bilstm import GatedBiLSTM
+from emi_lib.models.pooling import POOLING_KINDS
 from emi_lib.models.tcn import TemporalConvNet
 
 #: Every value of ``EMIModelConfig.fusion``: the fusions, plus the single-stream ablations.
@@ -77,7 +78,7 @@ class EMIModelConfig:
     use_priors: bool = True  # feed signal priors (batch["priors"]) to the quality estimators
     # number of prior values per stream (e.g. vision: share of usable face frames, audio: scaled SNR); the
     # default is one per column of emi_lib.features.quality.PRIOR_COLUMNS (the quality estimator reads each
-    # value with a known/unknown indicator: emi_lib.models.fusion.prior_input_dim)
+    # value with a known/unknown indicator: emi_lib.models.prior_input.prior_input_dim)
     prior_dims: dict[str, int] = field(default_factory=lambda: {m: len(c) for m, c in PRIOR_COLUMNS.items()})
     per_step: bool = False  # quality weights per step on a common time base (quality fusion only)
     t_common: int = 32  # number of steps of that common time base

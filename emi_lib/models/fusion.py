@@ -21,10 +21,11 @@ is (B,). Modality m is **available** for clip i when its mask has a valid step a
   for the mix, the masked mean);
 - ``modalities``: the M names, in column order.
 
-**Pooling** a stream to a clip vector :math:`\bar h = \sum_t a_t h_t` with
+**Pooling** a stream to a clip vector :math:`\bar h = \sum_t a_t h_t` (:mod:`emi_lib.models.pooling`, shared
+with the stage-1 aligner):
 
 - ``"mean"``: :math:`a_t = m_t / \max(1, \sum_s m_s)`;
-- ``"attention"``: :math:`a = \mathrm{softmax}_{t: m_t}(v^\top \tanh(W h_t + c))`;
+- ``"attention"``: :math:`a = \mathrm{softmax}_{t: m_t}(v^\top \tanh(W h_t + c) + d)`;
 
 both give the zero vector for an all-False mask (never NaN).
 """
@@ -36,58 +37,14 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from emi_lib.models.pooling import make_pooling, masked_mean, masked_softmax
+from emi_lib.models.prior_input import PriorInput, prior_input_dim
+
+__all__ = ["FUSION_KINDS", "ConcatFusion", "EqualFusion", "Fusion", "PriorInput", "QualityGuidedFusion", "StaticFusion",
+           "build_fusion", "prior_input_dim", "resample_linear"]
+
 #: Names accepted by ``build_fusion`` (single-stream ablations are built by ``EMIModel``).
 FUSION_KINDS = ("quality", "equal", "static", "concat")
-POOLING_KINDS = ("mean", "attention")
-
-
-def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
-    r"""Softmax over the True entries of ``mask`` along ``dim``; masked entries get exactly 0.
-
-    Masked scores are set to :math:`-\infty` before the softmax. Guard: a slice with no True entry
-    would give 0/0 = NaN (also in the backward pass, even under a later ``where``), so its scores
-    are replaced by 0 before the softmax and its output is multiplied by the (all-zero) mask:
-    the slice returns all zeros, with finite gradients.
-    """
-    mask = mask.bool()
-    any_valid = mask.any(dim=dim, keepdim=True)
-    s = scores.masked_fill(~mask, float("-inf"))
-    s = torch.where(any_valid, s, torch.zeros_like(s))
-    return torch.softmax(s, dim=dim) * mask.to(scores.dtype)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``x`` (B, T, D) over valid steps of ``mask`` (B, T); zero vector when none is valid."""
-    m = mask.to(x.dtype).unsqueeze(-1)
-    return (x.masked_fill(m == 0, 0.0)).sum(1) / m.sum(1).clamp(min=1.0)
-
-
-class MeanPooling(nn.Module):
-    """Masked mean over time (no parameters)."""
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_mean(x, mask)
-
-
-class AttentionPooling(nn.Module):
-    r"""Masked additive attention pooling, :math:`a = \mathrm{softmax}_{valid}(v^\top\tanh(Wh_t+c))`."""
-
-    def __init__(self, dim: int, hidden: int = 64):
-        super().__init__()
-        self.score = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        a = masked_softmax(self.score(x).squeeze(-1), mask, dim=1)  # (B, T)
-        return torch.einsum("bt,btd->bd", a, x.masked_fill(~mask.bool().unsqueeze(-1), 0.0))
-
-
-def make_pooling(kind: str, dim: int, hidden: int = 64) -> nn.Module:
-    """``"mean"`` or ``"attention"`` pooling for a stream of feature size ``dim``."""
-    if kind == "mean":
-        return MeanPooling()
-    if kind == "attention":
-        return AttentionPooling(dim, hidden)
-    raise ValueError(f"unknown pooling {kind!r}; choose one of {POOLING_KINDS}")
 
 
 def resample_linear(x: torch.Tensor, mask: torch.Tensor, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,6 +93,8 @@ class Fusion(nn.Module):
     """
 
     weights_meaning = "per-clip modality weights"
+    #: whether ``forward`` returns per-clip quality ``scores`` (else None)
+    has_scores = False
 
     def __init__(
         self,
@@ -184,13 +143,15 @@ class Fusion(nn.Module):
         out["modalities"] = list(self.names)
         return out
 
+    def pool_stream(self, m: str, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Stream ``m``'s (B, T, D_m) sequence pooled to (B, D_m) by this fusion's own pooling module (the
+        masked mean when it pools none, in per-step mode); an all-False mask row gives the zero vector."""
+        return self.pool[m](x, mask) if m in self.pool else masked_mean(x, mask)
+
     def _pooled(self, xs, ms, avail):
-        """Pooled vectors (name -> (B, D_m)), zero for an unavailable clip (masked mean without a pool)."""
-        return {
-            m: (self.pool[m](xs[m], ms[m]) if m in self.pool else masked_mean(xs[m], ms[m]))
-            * avail[:, i : i + 1].to(xs[m].dtype)
-            for i, m in enumerate(self.names)
-        }
+        """Pooled vectors (name -> (B, D_m)), zero for an unavailable clip."""
+        return {m: self.pool_stream(m, xs[m], ms[m]) * avail[:, i : i + 1].to(xs[m].dtype)
+                for i, m in enumerate(self.names)}
 
     def _weighted_sum(self, pooled, w):
         projected = torch.stack([self.proj[m](pooled[m]) for m in self.names], dim=1)  # (B, M, D)
@@ -198,81 +159,6 @@ class Fusion(nn.Module):
 
     def mix(self, xs, ms, avail, priors) -> dict:  # pragma: no cover - abstract
         raise NotImplementedError
-
-
-class PriorInput(nn.Module):
-    r"""The prior vector of one stream as the quality estimator reads it: standardised values plus a
-    known/unknown indicator per value, so that an unknown prior is an explicit input, never a value.
-
-    For the :math:`P` prior values :math:`\pi_j` of a clip (NaN = unknown: the modality is missing, a
-    file could not be read, modality dropout removed it) and the training statistics
-    :math:`\mu_j, \sigma_j` (:meth:`set_stats`; before that :math:`\mu = 0, \sigma = 1`):
-
-    .. math::
-
-        k_j = \mathbb 1[\pi_j \text{ is known}],\qquad
-        z_j = k_j\,\frac{\pi_j - \mu_j}{\sigma_j},\qquad
-        \text{input} = [z_1..z_P;\ k_1..k_P] \in R^{2P}.
-
-    An unknown value is thus the training mean (:math:`z = 0`, neutral) with its indicator off
-    (:math:`k = 0`), which the estimator can learn to read, instead of a number that looks like the
-    worst quality (a raw 0). The statistics are buffers: saved in the checkpoints and loaded strictly.
-    """
-
-    #: input channels per prior value: the standardised value and its indicator (:func:`prior_input_dim`)
-    CHANNELS = 2
-
-    def __init__(self, n_values: int):
-        super().__init__()
-        self.n_values = int(n_values)
-        self.register_buffer("mean", torch.zeros(self.n_values))
-        self.register_buffer("std", torch.ones(self.n_values))
-
-    @property
-    def out_dim(self) -> int:
-        return prior_input_dim(self.n_values)
-
-    @torch.no_grad()
-    def set_stats(self, values: torch.Tensor, names=None) -> None:
-        r"""Fit :math:`\mu_j, \sigma_j` on the known values of ``values`` (N, P) (the training clips);
-        :math:`\sigma_j` is the standard deviation, 1 for a constant value. ``ValueError`` when a value
-        is unknown on every clip (``names``: its column names, for the message)."""
-        v = torch.as_tensor(values, dtype=torch.float32).reshape(len(values), -1).to(self.mean.device)
-        if v.shape[1] != self.n_values:
-            raise ValueError(f"prior statistics need {self.n_values} value(s) per clip, got shape {tuple(v.shape)}")
-        known = ~torch.isnan(v)
-        n = known.sum(0)
-        if (n == 0).any():
-            j = int(torch.nonzero(n == 0)[0])
-            name = list(names)[j] if names is not None else f"value {j}"
-            raise ValueError(f"prior {name!r} is unknown (NaN) on all {len(v)} training clips: nothing to "
-                             "standardise it with; drop the column or set use_priors=False")
-        filled = torch.where(known, v, 0.0)
-        mean = filled.sum(0) / n
-        var = (torch.where(known, v - mean, 0.0) ** 2).sum(0) / n
-        std = var.sqrt()
-        self.mean.copy_(mean)
-        self.std.copy_(torch.where(std > 1e-8, std, torch.ones_like(std)))
-
-    def forward(self, p: torch.Tensor | None, batch: int, ref: torch.Tensor) -> torch.Tensor:
-        """(B, P) values with NaN for unknown (or None: all unknown) -> (B, 2P) ``[z; k]``."""
-        if p is None:
-            return ref.new_zeros(batch, self.out_dim)
-        p = torch.as_tensor(p, dtype=ref.dtype, device=ref.device)
-        p = p.reshape(p.shape[0], -1)
-        if p.shape != (batch, self.n_values):
-            raise ValueError(f"prior has shape {tuple(p.shape)}, expected ({batch}, {self.n_values})")
-        if torch.isinf(p).any():
-            raise ValueError("a prior value is +-inf: only NaN means unknown (a prior must be finite or NaN)")
-        known = ~torch.isnan(p)
-        z = torch.where(known, (p - self.mean.to(p.dtype)) / self.std.to(p.dtype), torch.zeros_like(p))
-        return torch.cat([z, known.to(p.dtype)], -1)
-
-
-def prior_input_dim(n_values: int) -> int:
-    """Width of the quality estimator's prior input for ``n_values`` prior values (:class:`PriorInput`):
-    the one place the prior channels are counted."""
-    return PriorInput.CHANNELS * int(n_values)
 
 
 class QualityGuidedFusion(Fusion):
@@ -307,6 +193,7 @@ class QualityGuidedFusion(Fusion):
     """
 
     weights_meaning = "learned quality weights"
+    has_scores = True
 
     def __init__(
         self,
@@ -355,32 +242,49 @@ class QualityGuidedFusion(Fusion):
         except ValueError as err:
             raise ValueError(f"prior for {m!r}: {err}") from err
 
+    def _prior_like(self, priors, m, h: torch.Tensor) -> torch.Tensor:
+        """The prior input of stream ``m`` for ``h`` (B, D) or (B, S, D): one row per clip, repeated over steps."""
+        if h.dim() == 2:
+            return self._prior(priors, m, h)
+        return self._prior(priors, m, h[:, 0]).unsqueeze(1).expand(-1, h.shape[1], -1)
+
+    def weights_of(self, pooled: Mapping[str, torch.Tensor], priors: Mapping[str, torch.Tensor] | None = None,
+                   available: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        r"""The quality weights of pooled streams, ``(weights, scores)``, as the forward computes them:
+
+        .. math::
+
+            s_m = \mathrm{MLP}_m([\bar h_m;\ \tilde\pi_m]), \qquad
+            w_m = \frac{a_m \exp(s_m/\tau)}{\sum_n a_n \exp(s_n/\tau)}
+
+        ``pooled`` {name: (B, D_m)} (or (B, S, D_m) per step); ``priors`` {name: (B, P)} raw values, NaN =
+        unknown, read through :class:`PriorInput` (standardised, with known/unknown indicators; a stream
+        without a prior tensor is all unknown) and repeated over the steps; ``available`` (B, M) (or
+        (B, S, M)) bool, None = all available. Both results are (B, M) (or (B, S, M)) in ``names`` order; a
+        missing modality gets weight exactly 0 (:func:`masked_softmax`)."""
+        priors = priors or {}
+        scores = torch.cat([self.quality[m](torch.cat([pooled[m], self._prior_like(priors, m, pooled[m])], -1))
+                            for m in self.names], -1)
+        avail = torch.ones_like(scores, dtype=torch.bool) if available is None else available.bool()
+        if avail.dim() < scores.dim():  # per-clip availability, per-step scores
+            avail = avail.unsqueeze(1).expand_as(scores)
+        return masked_softmax(scores / self.tau, avail, dim=-1), scores
+
     def mix(self, xs, ms, avail, priors):
         if self.per_step:
             return self._mix_per_step(xs, ms, avail, priors)
         pooled = self._pooled(xs, ms, avail)
-        scores = torch.cat(
-            [
-                self.quality[m](torch.cat([pooled[m], self._prior(priors, m, pooled[m])], -1))
-                for m in self.names
-            ],
-            -1,
-        )  # (B, M)
-        w = masked_softmax(scores / self.tau, avail, dim=-1)
+        w, scores = self.weights_of(pooled, priors, avail)  # (B, M)
         return {"fused": self._weighted_sum(pooled, w), "weights": w, "scores": scores, "pooled": pooled}
 
     def _mix_per_step(self, xs, ms, avail, priors):
         steps = self.t_common
-        res, scores, projected = {}, [], []
+        res, projected = {}, []
         for i, m in enumerate(self.names):
             h, _ = resample_linear(xs[m], ms[m], steps)
-            h = h * avail[:, i, None, None].to(h.dtype)
-            p = self._prior(priors, m, h[:, 0]).unsqueeze(1).expand(-1, steps, -1)
-            res[m] = h
-            scores.append(self.quality[m](torch.cat([h, p], -1)))  # (B, S, 1)
-            projected.append(self.proj[m](h))  # (B, S, D)
-        scores = torch.cat(scores, -1)  # (B, S, M)
-        w_t = masked_softmax(scores / self.tau, avail.unsqueeze(1).expand_as(scores), dim=-1)
+            res[m] = h * avail[:, i, None, None].to(h.dtype)
+            projected.append(self.proj[m](res[m]))  # (B, S, D)
+        w_t, scores = self.weights_of(res, priors, avail)  # (B, S, M)
         fused_t = (w_t.unsqueeze(-1) * torch.stack(projected, 2)).sum(2)  # (B, S, D)
         any_avail = avail.any(1, keepdim=True).expand(-1, steps)
         return {

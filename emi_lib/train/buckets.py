@@ -1,4 +1,7 @@
-r"""Length-bucketed batches: clips of similar length share a batch, so little of a batch is padding.
+r"""Batches of clip indices, every way the workbench cuts them: shuffled (:func:`random_batches`), shuffled and
+length-bucketed for training (:func:`bucketed_batches`), sorted by length under a padded-step budget for
+inference (:func:`length_batches`), and dealt to DDP ranks (:func:`shard`). Grouping clips of similar length
+means little of a padded batch is padding.
 
 :func:`bucketed_batches` (ours, the usual "sort within shuffled mega-chunks" scheme): the epoch's
 random permutation (from :func:`~emi_lib.train.seeding.epoch_generator`, a pure function of
@@ -7,6 +10,10 @@ by length and cut into batches; the batch order is then shuffled. Batches stay r
 epoch (which clips meet depends on the permutation) while each batch's lengths are close.
 
 With several length columns (e.g. vision and audio steps) the sort key is their sum.
+
+:func:`length_batches` (stage-1 encoding and export, where the order does not matter): all clips sorted by
+length, cut greedily so that a batch holds at most ``max_batch`` clips and at most ``max_tokens`` padded steps
+(clips x its longest clip).
 
 :func:`padding_share` measures the waste: for batches :math:`B_k` and lengths :math:`L_i` (per column),
 
@@ -28,6 +35,24 @@ from emi_lib.train.seeding import epoch_generator
 def _as_lengths(lengths) -> np.ndarray:
     lens = np.asarray(lengths, dtype=np.int64)
     return lens[:, None] if lens.ndim == 1 else lens
+
+
+def drop_incomplete(batches: list, batch_size: int) -> list:
+    """``batches`` without a final batch smaller than ``batch_size``, unless it is the only batch (a tiny batch
+    gives a noisy Pearson term or too few negatives)."""
+    if len(batches) > 1 and len(batches[-1]) < batch_size:
+        return batches[:-1]
+    return batches
+
+
+def shard(batches: list, rank: int, world_size: int, even: bool = True) -> list:
+    """Batches i with i % world_size == rank. With ``even`` (training under DDP) the list is first
+    cut to a multiple of world_size, so that every rank runs the same number of steps."""
+    if world_size <= 1:
+        return list(batches)
+    if even:
+        batches = batches[: len(batches) - len(batches) % world_size]
+    return [b for i, b in enumerate(batches) if i % world_size == rank]
 
 
 def bucketed_batches(lengths, batch_size: int, seed: int, epoch: int, drop_last: bool = False,
@@ -53,22 +78,31 @@ def bucketed_batches(lengths, batch_size: int, seed: int, epoch: int, drop_last:
         part = perm[s: s + chunk]
         part = part[np.argsort(key[part], kind="stable")]
         batches += [part[i: i + batch_size].tolist() for i in range(0, len(part), batch_size)]
-    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
-        batches = batches[:-1]
+    if drop_last:
+        batches = drop_incomplete(batches, batch_size)
     batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
-    if world_size > 1:
-        if drop_last:
-            batches = batches[: len(batches) - len(batches) % world_size]
-        else:
-            while len(batches) % world_size:
-                big = max(range(len(batches)), key=lambda j: len(batches[j])) if batches else None
-                if big is None or len(batches[big]) < 2:
-                    batches.append([])
-                    continue
-                b = batches[big]
-                batches[big: big + 1] = [b[: len(b) // 2], b[len(b) // 2:]]
-        batches = batches[rank::world_size]
-    return batches
+    while world_size > 1 and not drop_last and len(batches) % world_size:  # split the largest batch in two
+        big = max(range(len(batches)), key=lambda j: len(batches[j])) if batches else None
+        if big is None or len(batches[big]) < 2:
+            batches.append([])
+            continue
+        b = batches[big]
+        batches[big: big + 1] = [b[: len(b) // 2], b[len(b) // 2:]]
+    return shard(batches, rank, world_size, even=drop_last)
+
+
+def length_batches(lengths, max_batch: int, max_tokens: int):
+    """Index batches in order of length (stable), each with at most ``max_batch`` clips and ``max_tokens``
+    padded steps (module docstring); a clip of length 0 counts as 1 step. Yields lists of indices."""
+    order = np.argsort(lengths, kind="stable")
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) + 1 > max_batch or (len(batch) + 1) * max(lengths[i], 1) > max_tokens):
+            yield batch
+            batch = []
+        batch.append(int(i))
+    if batch:
+        yield batch
 
 
 def padding_share(lengths, batches) -> float:

@@ -10,7 +10,8 @@ labels' index, else the sorted union of the feature keys.
 
 **Long sequences** (ours): a sequence longer than ``max_len`` steps is subsampled at evenly spaced
 steps, :math:`t_j = \mathrm{round}(j (T-1)/(L-1))`, :math:`j = 0..L-1`, which keeps the whole clip's
-span (a crop would drop its end) and is deterministic (train and evaluation see the same steps).
+span (a crop would drop its end) and is deterministic (train and evaluation see the same steps); the
+batches are padded and masked as stage 1's (:mod:`emi_lib.models.padding`).
 
 **Batch order**: :func:`epoch_batches` is a pure function of (seed, epoch) (a ``torch.Generator``
 seeded per epoch), so a resumed run replays exactly the batches of the interrupted one. Under DDP,
@@ -42,17 +43,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from emi_lib.constants import EMOTIONS, clip_stem
-from emi_lib.features.store import valid_steps
-from emi_lib.train.seeding import epoch_generator
+from emi_lib.constants import EMOTIONS, clip_key
+from emi_lib.features.store import subsample_steps, valid_steps
+from emi_lib.models.padding import pad_batch
+from emi_lib.train.buckets import bucketed_batches, drop_incomplete, random_batches
 
 STREAMS = ("vision", "audio", "text")
 #: the media (DataRoot modalities) each stream's features are made from by default
 STREAM_MEDIA: dict[str, str] = {"vision": "faces", "audio": "audio", "text": "text"}
-
-
-def _norm_id(cid) -> str:
-    return clip_stem(cid) if isinstance(cid, int | np.integer) else str(cid)
 
 
 def _norm_dict(d: Mapping | None) -> Mapping[str, np.ndarray]:
@@ -60,19 +58,12 @@ def _norm_dict(d: Mapping | None) -> Mapping[str, np.ndarray]:
     :class:`~emi_lib.features.packed.PackedStore` is kept as is (its keys are already str ids)."""
     if isinstance(d, Mapping) and not isinstance(d, dict):
         return d
-    return {_norm_id(k): v for k, v in (d or {}).items()}
+    return {clip_key(k): v for k, v in (d or {}).items()}
 
 
 def _is_lazy(d) -> bool:
     """A mapping that knows clip lengths and D without reading data (``PackedStore``)."""
     return isinstance(d, Mapping) and not isinstance(d, dict) and hasattr(d, "length") and hasattr(d, "dim")
-
-
-def subsample_steps(length: int, max_len: int | None) -> np.ndarray:
-    """Indices of the steps kept from a sequence of ``length`` steps (all when it fits)."""
-    if max_len is None or length <= max_len:
-        return np.arange(length)
-    return np.linspace(0, length - 1, int(max_len)).round().astype(int)
 
 
 @dataclass
@@ -90,23 +81,23 @@ class Stage2Data:
     def __post_init__(self):
         self.vision, self.audio = _norm_dict(self.vision), _norm_dict(self.audio)
         if self.absent is not None:
-            self.absent = {str(m): {_norm_id(i) for i in v} for m, v in self.absent.items()}
+            self.absent = {str(m): {clip_key(i) for i in v} for m, v in self.absent.items()}
         self.text = _norm_dict(self.text) if self.text is not None else None
         if self.labels is not None:
             missing = [e for e in EMOTIONS if e not in self.labels.columns]
             if missing:
                 raise ValueError(f"labels lack the emotion columns {missing}")
             self.labels = self.labels.copy()
-            self.labels.index = [_norm_id(i) for i in self.labels.index]
+            self.labels.index = [clip_key(i) for i in self.labels.index]
         if self.priors is not None:
             self.priors = self.priors.copy()
-            self.priors.index = [_norm_id(i) for i in self.priors.index]
+            self.priors.index = [clip_key(i) for i in self.priors.index]
         if self.ids is None:
             if self.labels is not None:
                 self.ids = list(self.labels.index)
             else:
                 self.ids = sorted(set(self.vision) | set(self.audio) | set(self.text or {}))
-        self.ids = [_norm_id(i) for i in self.ids]
+        self.ids = [clip_key(i) for i in self.ids]
         if len(set(self.ids)) != len(self.ids):
             raise ValueError("ids hold duplicates")
         if self.labels is not None:
@@ -194,7 +185,7 @@ def media_absent(root, split: str, ids=None, media: Mapping[str, str] | None = N
     from emi_lib.data import DataRoot
 
     dr = root if isinstance(root, DataRoot) else DataRoot(root)
-    ids = dr.ids(split) if ids is None else [_norm_id(i) for i in ids]
+    ids = dr.ids(split) if ids is None else [clip_key(i) for i in ids]
     out = {}
     for stream, mod in {**STREAM_MEDIA, **(media or {})}.items():
         def gone(cid, mod=mod):
@@ -313,14 +304,7 @@ class Stage2Dataset(torch.utils.data.Dataset):
         for m in ("vision", "audio"):
             if isinstance(self.seqs[m], _LazySeqs):
                 self.seqs[m].prefetch(idx)
-            seqs = [self.seqs[m][i] for i in idx]
-            t = max([len(s) for s in seqs] + [1])
-            x = torch.zeros(len(idx), t, self.dims[m])
-            mask = torch.zeros(len(idx), t, dtype=torch.bool)
-            for b, s in enumerate(seqs):
-                ok = ~torch.isnan(s).any(1)  # a NaN row is a masked step (emi_lib.features.store.valid_steps)
-                x[b, : len(s)] = torch.where(ok[:, None], s, 0.0)
-                mask[b, : len(s)] = ok
+            x, mask = pad_batch([self.seqs[m][i] for i in idx], dim=self.dims[m])  # a NaN row: a masked step
             batch[m], batch[f"{m}_mask"], batch["available"][m] = x, mask, mask.any(1)
         if self.text is not None:
             batch["text"], batch["text_mask"] = self.text[idx], self.text_mask[idx]
@@ -369,31 +353,16 @@ def to_device(batch: dict, device) -> dict:
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, drop_last: bool = True,
                   lengths=None) -> list[list[int]]:
     """The epoch's training batches: a permutation from ``epoch_generator(seed, epoch)`` cut into
-    ``batch_size`` chunks. ``drop_last`` drops a final incomplete batch (a tiny batch gives a noisy
+    ``batch_size`` chunks (:func:`~emi_lib.train.buckets.random_batches`). ``drop_last`` drops a final incomplete batch (a tiny batch gives a noisy
     Pearson term), unless it is the only batch. With ``lengths`` ((n,) or (n, k) steps per clip,
     e.g. ``Stage2Dataset.lengths()``) the batches are length-bucketed
     (:func:`emi_lib.train.buckets.bucketed_batches`, same count of batches)."""
     if lengths is not None:
-        from emi_lib.train.buckets import bucketed_batches
-
         if len(lengths) != n:
             raise ValueError(f"lengths has {len(lengths)} rows for {n} clips")
         return bucketed_batches(lengths, batch_size, seed, epoch, drop_last)
-    perm = torch.randperm(n, generator=epoch_generator(seed, epoch)).tolist()
-    batches = [perm[i: i + batch_size] for i in range(0, n, batch_size)]
-    if drop_last and len(batches) > 1 and len(batches[-1]) < batch_size:
-        batches = batches[:-1]
-    return batches
-
-
-def shard(batches: list, rank: int, world_size: int, even: bool = True) -> list:
-    """Batches i with i % world_size == rank. With ``even`` (training under DDP) the list is first
-    cut to a multiple of world_size, so that every rank runs the same number of steps."""
-    if world_size <= 1:
-        return list(batches)
-    if even:
-        batches = batches[: len(batches) - len(batches) % world_size]
-    return [b for i, b in enumerate(batches) if i % world_size == rank]
+    batches = random_batches(n, batch_size, seed, epoch)
+    return drop_incomplete(batches, batch_size) if drop_last else batches
 
 
 def eval_batches(n: int, batch_size: int) -> list[list[int]]:

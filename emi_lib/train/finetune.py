@@ -36,7 +36,6 @@ import json
 import math
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,8 +46,20 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 from torch import nn
 
-from emi_lib.data import DataError, DataRoot
+from emi_lib.distributed import resolve_device
 from emi_lib.eval.retrieval import retrieval_recall
+from emi_lib.train.finetune_data import (
+    as_data_root,
+    input_size_frames,
+    label_prompt_texts,
+    preload_frames,
+    sample_indices,
+)
+
+__all__ = ["FinetuneConfig", "FinetuneModel", "FinetunedVisionEncoder", "clip_embeddings", "evaluate", "export_finetuned",
+           "finetune", "finetune_and_export", "fit_alignment", "input_size_frames", "label_prompt_texts", "load_checkpoint",
+           "load_encoder", "preload_frames", "sample_indices", "save_checkpoint", "setup", "tower_hash",
+           "train_one_epoch"]
 
 
 @dataclass
@@ -74,7 +85,7 @@ class FinetuneConfig:
     learn_logit_scale: bool = True  # False = temperature fixed at its init
     eval_every: int = 0  # validate every N epochs (0 = before and after training only)
     seed: int = 0  # torch + numpy seed (init of the heads, batches, frame sampling, folds)
-    device: str = "cpu"  # torch device of the tower and heads
+    device: str = "cpu"  # torch device of the tower and heads ("auto": CUDA if available; resolve_device)
 
     def __post_init__(self):
         if self.frame_sampling not in ("stratified", "random"):
@@ -123,71 +134,6 @@ class FinetuneModel(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------ data
-def input_size_frames(encoder, frames: np.ndarray) -> np.ndarray:
-    """uint8 (T, H, W, 3) -> uint8 (T, S, S, 3) through the geometric part of the tower's own transform."""
-    from PIL import Image
-
-    ops = encoder.image_transform.transforms
-    ops = ops[: next(i for i, t in enumerate(ops) if "ToTensor" in type(t).__name__)]
-    out = []
-    for f in frames:
-        img = Image.fromarray(f)
-        for t in ops:
-            img = t(img)
-        out.append(np.asarray(img.convert("RGB"), dtype=np.uint8))
-    return np.stack(out) if out else np.zeros((0, *encoder.image_size, 3), np.uint8)
-
-
-def preload_frames(root, split: str, encoder, ids=None, max_frames: int | None = None,
-                   workers: int = 0) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Face crops of ``split`` (or ``ids``) read by the extraction's ``VisionSource`` (``max_frames``
-    spread over the clip), as uint8 at the tower's input size. Returns ``(frames, skipped {id: reason})``."""
-    from emi_lib.features.extract_sources import VisionSource, prefetch
-
-    dr = _root(root)
-    unreadable: dict[str, list[str]] = {}
-    src = VisionSource(dr, split, encoder, "faces", 1, max_frames, None, math.inf, {}, unreadable)
-    frames, skipped = {}, {}
-    for cid, got in prefetch(src.load, list(dr.ids(split) if ids is None else ids), workers):
-        if isinstance(got, DataError):
-            skipped[cid] = f"{got.kind}: {got}"
-        else:
-            frames[cid] = input_size_frames(encoder, got.frames)  # the readable crops
-    if unreadable:
-        warnings.warn(f"fine-tuning {split}: {len(unreadable)} clip(s) have unreadable face crops, trained on "
-                      f"their readable crops only: " + "; ".join(f"{c}: {v[0]}" for c, v in
-                                                                 list(unreadable.items())[:5]), stacklevel=2)
-    return frames, skipped
-
-
-def _root(root) -> DataRoot:
-    return root if isinstance(root, DataRoot) else DataRoot(root)
-
-
-def label_prompt_texts(root, split: str = "train", text_backbone: str = "minilm", device: str = "cpu"):
-    """``({id: (D_t,) embedding}, {id: prompt})`` of the label prompts of a labelled split (leaks labels:
-    training text only; valid prompts only for the logged retrieval)."""
-    from emi_lib.constants import EMOTIONS
-    from emi_lib.features import load_backbone
-    from emi_lib.features.text import clip_text
-
-    df = _root(root).split(split)
-    prompts = {cid: clip_text("label_prompt", None, row) for cid, row in
-               zip(df.index, df[list(EMOTIONS)].to_numpy(dtype=float))}
-    emb = load_backbone("text", text_backbone, device).encode_texts(list(prompts.values()))
-    return dict(zip(prompts, emb)), prompts
-
-
-def sample_indices(n: int, k: int, rng: np.random.Generator | None, mode: str = "stratified") -> np.ndarray:
-    """K frame indices of an n-frame clip (repeats when n < K); ``rng=None``: the K segment centres."""
-    edges = np.linspace(0, n, k + 1)
-    if rng is None:
-        return np.minimum(((edges[:-1] + edges[1:]) / 2).astype(int), n - 1)
-    if mode == "random":
-        return np.sort(rng.choice(n, k, replace=n < k))
-    return np.minimum((edges[:-1] + rng.random(k) * (edges[1:] - edges[:-1])).astype(int), n - 1)
-
-
 def _batch(frames, ids, k, rng, mode) -> torch.Tensor:
     return torch.from_numpy(np.stack([frames[i][sample_indices(len(frames[i]), k, rng, mode)] for i in ids]))
 
@@ -202,7 +148,8 @@ def setup(cfg: FinetuneConfig, n_steps: int):
     from emi_lib.features import load_backbone
 
     torch.manual_seed(cfg.seed)
-    model = FinetuneModel(load_backbone("vision", cfg.backbone, cfg.device), cfg).to(cfg.device)
+    device = resolve_device(cfg.device)
+    model = FinetuneModel(load_backbone("vision", cfg.backbone, device), cfg).to(device)
     groups: dict[tuple[bool, bool], list] = {}
     for n, p in model.named_parameters():
         if p.requires_grad:  # open_clip's rule: no decay on biases, norms, embeddings, the logit scale
@@ -225,7 +172,7 @@ def train_one_epoch(model, frames, text, ids, opt, sched, loss_fn, rng: np.rando
     for b in range(n):
         bids = [ids[i] for i in perm[b * bs : (b + 1) * bs]]
         x = _batch(frames, bids, cfg.frames_per_clip, rng, cfg.frame_sampling)
-        loss = loss_fn(*model(x, _text(text, bids).to(cfg.device)))
+        loss = loss_fn(*model(x, _text(text, bids).to(model.mean.device)))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -368,7 +315,7 @@ def export_finetuned(root, store, encoder: FinetunedVisionEncoder, splits=None, 
     All encoders must share one ``.name`` (the store key). Returns ``{split[/fold<k>|/full]: report}``."""
     from emi_lib.features.extract import extract_split
 
-    dr, fold_of, reports = _root(root), fold_of or {}, {}
+    dr, fold_of, reports = as_data_root(root), fold_of or {}, {}
     for split in dr.available_splits() if splits is None else splits:
         jobs = {split: (encoder, None)}
         if fold_encoders and split == "train":
@@ -394,7 +341,7 @@ def finetune_and_export(root, store, text: dict, cfg: FinetuneConfig, out_dir, *
 
     if folds == 1 or folds < 0:
         raise ValueError(f"folds must be 0 (off) or >= 2, got {folds}")
-    dr, out_dir, t0 = _root(root), Path(out_dir), time.perf_counter()
+    dr, out_dir, t0 = as_data_root(root), Path(out_dir), time.perf_counter()
     enc0 = load_backbone("vision", cfg.backbone)
     frames, skipped = preload_frames(dr, "train", enc0, max_frames=cfg.max_frames)
     vf = preload_frames(dr, "valid", enc0, max_frames=cfg.max_frames)[0] if val_text else None

@@ -149,8 +149,9 @@ def predict_run(run_dir, split: str = "test", out=None, root=None, store_dir=Non
     import pandas as pd
 
     from emi_lib.data import DataRoot
+    from emi_lib.data.labels import HIDDEN_LABELS
     from emi_lib.eval.metrics import challenge_score
-    from emi_lib.eval.submission import HIDDEN_LABELS, score_submission, validate_submission, write_submission
+    from emi_lib.eval.submission import score_submission, validate_submission, write_submission
     from emi_lib.features.store import FeatureStore
     from emi_lib.train.inputs import Standardizer, build_split
     from emi_lib.train.stage2 import load_run, predict

@@ -48,19 +48,12 @@ import torch
 from open_clip.loss import ClipLoss
 from tqdm.auto import tqdm
 
-from emi_lib.constants import EMOTIONS, clip_stem
+from emi_lib.constants import EMOTIONS, clip_key
 from emi_lib.eval.retrieval import retrieval_recall
 from emi_lib.features.store import valid_steps
-from emi_lib.models.aligner import AlignerConfig, ModalityTextAligner, build_loss, pad_batch
-
-
-def resolve_device(name: str, world: int = 1) -> torch.device:
-    """``"auto"``: CUDA if available, else the CPU; under DDP ``"auto"``/``"cuda"`` mean GPU ``LOCAL_RANK``."""
-    if name == "auto" and not torch.cuda.is_available():
-        return torch.device("cpu")
-    if name in ("auto", "cuda"):
-        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if world > 1 else "cuda")
-    return torch.device(name)
+from emi_lib.models.aligner import AlignerConfig, ModalityTextAligner, build_loss
+from emi_lib.models.padding import pad_batch
+from emi_lib.train.buckets import length_batches
 
 
 def usable_ids(feats: dict, text: dict | None = None) -> list[str]:
@@ -76,31 +69,13 @@ def _text_matrix(text: dict, ids) -> torch.Tensor:
 
 
 def label_matrix(labels: pd.DataFrame, ids) -> torch.Tensor:
-    """(n, 6) label rows for ``ids``; an index of integers also matches zero-padded string ids."""
-    lookup = {}
-    for idx, row in zip(labels.index, labels[list(EMOTIONS)].to_numpy(dtype=np.float32)):
-        lookup[str(idx)] = row
-        try:
-            lookup[clip_stem(idx)] = row
-        except (TypeError, ValueError):
-            pass
-    missing = [i for i in ids if str(i) not in lookup]
+    """(n, 6) label rows for ``ids``, matched by :func:`~emi_lib.constants.clip_key` (an index of integers
+    matches zero-padded string ids)."""
+    lookup = dict(zip(map(clip_key, labels.index), labels[list(EMOTIONS)].to_numpy(dtype=np.float32)))
+    missing = [i for i in ids if clip_key(i) not in lookup]
     if missing:
         raise KeyError(f"no labels for {len(missing)} clips, e.g. {missing[:5]}")
-    return torch.from_numpy(np.stack([lookup[str(i)] for i in ids]))
-
-
-def _length_batches(lengths, max_batch: int, max_tokens: int):
-    """Index batches in order of length, each with at most ``max_batch`` clips and ``max_tokens`` padded steps."""
-    order = np.argsort(lengths, kind="stable")
-    batch: list[int] = []
-    for i in order:
-        if batch and (len(batch) + 1 > max_batch or (len(batch) + 1) * max(lengths[i], 1) > max_tokens):
-            yield batch
-            batch = []
-        batch.append(int(i))
-    if batch:
-        yield batch
+    return torch.from_numpy(np.stack([lookup[clip_key(i)] for i in ids]))
 
 
 @torch.no_grad()
@@ -113,7 +88,7 @@ def encode_dataset(model: ModalityTextAligner, feats: dict, ids, text: dict | No
     arrs = [feats[i] for i in ids]
     lengths = np.array([min(len(a), max_steps or len(a)) if np.asarray(a).size else 0 for a in arrs])
     out = np.zeros((len(ids), model.cfg.embed_dim), dtype=np.float32)
-    for b in _length_batches(lengths, max_batch, max_tokens):
+    for b in length_batches(lengths, max_batch, max_tokens):
         x, m = pad_batch([arrs[i] for i in b], dim=model.cfg.in_dim, max_steps=max_steps)
         out[b] = model.encode_clip(x.to(dev), m.to(dev)).cpu().numpy()
     if text is None:
@@ -154,6 +129,92 @@ def _param_groups(model, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+class _TrainSet(NamedTuple):
+    """The clips stage 1 trains on and how they are batched (``bs`` per rank, ``n_batches`` global batches)."""
+
+    ids: list
+    feats: dict
+    text: torch.Tensor  # (n, D_t)
+    labels: torch.Tensor | None  # (n, 6), label-aware training only
+    bs: int
+    n_batches: int
+
+
+def _training_set(cfg: AlignerConfig, feats: dict, text: dict, labels: pd.DataFrame | None, world: int) -> _TrainSet:
+    """The usable training clips (frames and text) as :class:`_TrainSet`; ``ValueError`` for data that does not
+    fit ``cfg`` (feature or text size, too few clips, no labels for label-aware training)."""
+    ids = usable_ids(feats, text)
+    if len(ids) < 2:
+        raise ValueError(f"contrastive training needs at least 2 clips with {cfg.modality} features and text, got {len(ids)}")
+    dims = {np.asarray(feats[i]).shape[-1] for i in ids}
+    if dims != {cfg.in_dim}:
+        raise ValueError(f"cfg.in_dim={cfg.in_dim} but the {cfg.modality} features have D in {sorted(dims)}")
+    if cfg.label_aware and labels is None:
+        raise ValueError("label_aware=True needs train_labels")
+    labels_all = label_matrix(labels, ids) if cfg.label_aware else None
+    text_all = _text_matrix(text, ids)
+    if text_all.shape[1] != cfg.text_dim:
+        raise ValueError(f"cfg.text_dim={cfg.text_dim} but the text embeddings have D={text_all.shape[1]}")
+    bs = min(cfg.batch_size, len(ids) // world)  # per rank
+    return _TrainSet(ids, feats, text_all, labels_all, bs, len(ids) // (bs * world) if bs else 0)
+
+
+def _build_model(cfg: AlignerConfig, data: _TrainSet, dev: torch.device, rank: int, world: int):
+    """``(model, net)``: the aligner (input statistics from the training frames) and what the steps call, the
+    model itself or its DistributedDataParallel wrapper."""
+    model = ModalityTextAligner(cfg)
+    if cfg.standardize_inputs:  # training frames only (every rank holds all of them: the same statistics)
+        model.fit_input_stats(data.feats[i] for i in data.ids)
+    model = model.to(dev)
+    if world <= 1:
+        return model, model
+    if len(data.ids) < 2 * world:
+        raise ValueError(f"{len(data.ids)} usable clips cannot fill a batch of 2 on each of {world} ranks")
+    torch.manual_seed(cfg.seed + rank)  # own dropout draws per rank; DDP broadcasts rank 0's weights
+    return model, torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def _history_row(model, cfg: AlignerConfig, epoch: int, train_loss: float, t0: float, val: tuple | None) -> dict:
+    """One history row: the temperature, and with ``val`` = (feats, text, text_keys) the validation loss and
+    retrieval recalls (:func:`evaluate_aligner`)."""
+    r = {"epoch": epoch, "train_loss": train_loss, "logit_scale": model.logit_scale.item(),
+         "scale": math.exp(model.logit_scale.item()), "temperature": math.exp(-model.logit_scale.item())}
+    if val is not None:
+        ev = evaluate_aligner(model, val[0], val[1], cfg.batch_size, cfg.max_steps, val[2])
+        r.update({("val_loss" if k == "val_loss" else f"val_{k}"): v for k, v in ev.items()})
+    r["seconds"] = time.perf_counter() - t0
+    return r
+
+
+def _train_epoch(net, model, opt, loss_fn, cfg: AlignerConfig, data: _TrainSet, perm: np.ndarray, dev,
+                 rank: int, world: int) -> float:
+    """One pass over the global batches of the permutation ``perm`` (this rank's slice of each, with global
+    negatives under DDP: module docstring); returns the mean batch loss."""
+    from emi_lib.distributed import all_gather_with_grad
+
+    model.train()
+    total, bs = 0.0, data.bs
+    for b in range(data.n_batches):
+        start = (b * world + rank) * bs  # this rank's slice of global batch b
+        idx = torch.from_numpy(perm[start : start + bs])
+        x, m = pad_batch([data.feats[data.ids[i]] for i in idx.tolist()], max_steps=cfg.max_steps)
+        out = net(x.to(dev), m.to(dev), data.text[idx].to(dev))
+        labels = data.labels[idx].to(dev) if cfg.label_aware else None
+        if world > 1:  # global negatives (module docstring)
+            scale = out[2]
+            if scale.requires_grad:  # a fixed temperature (learn_logit_scale=False) has no gradient
+                scale.register_hook(lambda g: g / world)
+            out = (all_gather_with_grad(out[0]), all_gather_with_grad(out[1]), scale)
+            labels = all_gather_with_grad(labels) if labels is not None else None
+        loss = loss_fn(*out, labels=labels) if cfg.label_aware else loss_fn(*out)
+        opt.zero_grad(set_to_none=True)
+        (loss * world if world > 1 else loss).backward()
+        opt.step()
+        model.clamp_logit_scale()
+        total += loss.item()
+    return total / data.n_batches
+
+
 def train_aligner(cfg: AlignerConfig, train_feats: dict, train_text: dict, val_feats: dict | None = None,
                   val_text: dict | None = None, train_labels: pd.DataFrame | None = None, progress: bool = True,
                   val_text_keys: dict | None = None, log_epochs: bool = False) -> tuple[ModalityTextAligner, pd.DataFrame]:
@@ -166,89 +227,38 @@ def train_aligner(cfg: AlignerConfig, train_feats: dict, train_text: dict, val_f
     ``log_epochs`` prints one line per epoch on rank 0 (epoch, train and validation loss, seconds): the
     command line's record of a run without a progress bar. ``train_labels`` (index = clip ids, six emotion
     columns) is required when ``cfg.label_aware``."""
-    from emi_lib.distributed import all_gather_with_grad, broadcast_object, context
+    from emi_lib.distributed import broadcast_object, context, resolve_device
 
     ctx = context()
     rank, world = ctx.rank, ctx.world
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)  # the same permutations on every rank
-    dev = resolve_device(cfg.device, world)
-    ids = usable_ids(train_feats, train_text)
-    if len(ids) < 2:
-        raise ValueError(f"contrastive training needs at least 2 clips with {cfg.modality} features and text, got {len(ids)}")
-    dims = {np.asarray(train_feats[i]).shape[-1] for i in ids}
-    if dims != {cfg.in_dim}:
-        raise ValueError(f"cfg.in_dim={cfg.in_dim} but the {cfg.modality} features have D in {sorted(dims)}")
-    if cfg.label_aware and train_labels is None:
-        raise ValueError("label_aware=True needs train_labels")
-    labels_all = label_matrix(train_labels, ids) if cfg.label_aware else None
-    text_all = _text_matrix(train_text, ids)
-    if text_all.shape[1] != cfg.text_dim:
-        raise ValueError(f"cfg.text_dim={cfg.text_dim} but the text embeddings have D={text_all.shape[1]}")
+    dev = resolve_device(cfg.device, rank, world)
+    data = _training_set(cfg, train_feats, train_text, train_labels, world)
     has_val = bool(val_feats) and bool(val_text) and len(usable_ids(val_feats, val_text)) >= 2
-    model = ModalityTextAligner(cfg)
-    if cfg.standardize_inputs:  # training frames only (every rank holds all of them: the same statistics)
-        model.fit_input_stats(train_feats[i] for i in ids)
-    model = model.to(dev)
-    net = model
-    if world > 1:
-        if len(ids) < 2 * world:
-            raise ValueError(f"{len(ids)} usable clips cannot fill a batch of 2 on each of {world} ranks")
-        torch.manual_seed(cfg.seed + rank)  # own dropout draws per rank; DDP broadcasts rank 0's weights
-        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    model, net = _build_model(cfg, data, dev, rank, world)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     loss_fn = build_loss(cfg)
-    bs = min(cfg.batch_size, len(ids) // world)  # per rank
-    n_batches = len(ids) // (bs * world)
+    val = (val_feats, val_text, val_text_keys) if has_val else None
 
-    def row(epoch, train_loss, t0):
-        r = {"epoch": epoch, "train_loss": train_loss, "logit_scale": model.logit_scale.item(),
-             "scale": math.exp(model.logit_scale.item()), "temperature": math.exp(-model.logit_scale.item())}
-        if has_val:
-            ev = evaluate_aligner(model, val_feats, val_text, cfg.batch_size, cfg.max_steps, val_text_keys)
-            r.update({("val_loss" if k == "val_loss" else f"val_{k}"): v for k, v in ev.items()})
-        r["seconds"] = time.perf_counter() - t0
-        return r
-
-    if world > 1:  # validation on rank 0 only, its row broadcast (identical early-stopping decisions)
-        local_row = row
-        row = lambda *a: broadcast_object(local_row(*a) if rank == 0 else None)  # noqa: E731
+    def row(epoch, train_loss, t0):  # under DDP on rank 0 only, broadcast: identical early-stopping decisions
+        if world <= 1:
+            return _history_row(model, cfg, epoch, train_loss, t0, val)
+        return broadcast_object(_history_row(model, cfg, epoch, train_loss, t0, val) if rank == 0 else None)
 
     history = [row(0, float("nan"), time.perf_counter())]
     best, best_state, stale = float("inf"), None, 0
     bar = tqdm(range(1, cfg.epochs + 1), desc=f"stage 1 {cfg.modality}-text", disable=not (progress and rank == 0))
     for epoch in bar:
         t0 = time.perf_counter()
-        model.train()
-        perm = rng.permutation(len(ids))
-        total = 0.0
-        for b in range(n_batches):
-            start = (b * world + rank) * bs  # this rank's slice of global batch b
-            idx = torch.from_numpy(perm[start : start + bs])
-            x, m = pad_batch([train_feats[ids[i]] for i in idx.tolist()], max_steps=cfg.max_steps)
-            t = text_all[idx].to(dev)
-            out = net(x.to(dev), m.to(dev), t)
-            labels = labels_all[idx].to(dev) if cfg.label_aware else None
-            if world > 1:  # global negatives (module docstring)
-                scale = out[2]
-                if scale.requires_grad:  # a fixed temperature (learn_logit_scale=False) has no gradient
-                    scale.register_hook(lambda g: g / world)
-                out = (all_gather_with_grad(out[0]), all_gather_with_grad(out[1]), scale)
-                labels = all_gather_with_grad(labels) if labels is not None else None
-            loss = loss_fn(*out, labels=labels) if cfg.label_aware else loss_fn(*out)
-            opt.zero_grad(set_to_none=True)
-            (loss * world if world > 1 else loss).backward()
-            opt.step()
-            model.clamp_logit_scale()
-            total += loss.item()
-        history.append(row(epoch, total / n_batches, t0))
-        h = history[-1]
+        loss = _train_epoch(net, model, opt, loss_fn, cfg, data, rng.permutation(len(data.ids)), dev, rank, world)
+        history.append(h := row(epoch, loss, t0))
         bar.set_postfix(loss=f"{h['train_loss']:.3f}", val=f"{h.get('val_loss', float('nan')):.3f}",
                         T=f"{h['temperature']:.3f}")
         if log_epochs and rank == 0:
             print(f"stage 1 {cfg.modality}-text epoch {epoch}/{cfg.epochs}: train loss {h['train_loss']:.4f}, "
                   f"val loss {h.get('val_loss', float('nan')):.4f}, {h['seconds']:.1f} s", flush=True)
-        if has_val and cfg.patience:
+        if has_val and cfg.patience:  # early stopping on the validation loss; the best weights are restored
             if h["val_loss"] < best - 1e-6:
                 best, stale = h["val_loss"], 0
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -315,7 +325,7 @@ def export_aligned(model: ModalityTextAligner, feats: dict, normalize_frames: bo
     frame_seq = {i: np.zeros((0, e), dtype=np.float32) for i in ids}
     present = usable_ids(feats)
     lengths = np.array([len(feats[i]) for i in present])
-    for b in _length_batches(lengths, max_batch, max_tokens):
+    for b in length_batches(lengths, max_batch, max_tokens):
         bids = [present[i] for i in b]
         x, m = pad_batch([feats[i] for i in bids], dim=model.cfg.in_dim)
         x, m = x.to(dev), m.to(dev)

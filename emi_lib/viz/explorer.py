@@ -25,7 +25,15 @@ import pandas as pd
 from emi_lib.constants import EMOTIONS, SAMPLE_RATE
 from emi_lib.data import DataRoot
 from emi_lib.data.errors import DataError
-from emi_lib.data.media import face_files, load_audio, load_face_crops, load_transcript, load_video_frames
+from emi_lib.data.labels import read_labels
+from emi_lib.data.media import (
+    face_files,
+    face_number,
+    load_audio,
+    load_face_crops,
+    load_transcript,
+    load_video_frames,
+)
 from emi_lib.features.backbones import MIN_SAMPLES, LogMel
 from emi_lib.viz.timeline import WeightTimeline, fusion_timeline, step_times
 
@@ -248,7 +256,7 @@ def load_clip_view(root, split: str, cid: str, *, model=None, data=None, pred=No
     dr = DataRoot(root)
     got = _try(load_video_frames, dr.video_path(split, cid))
     frames, fps = (got[0], got[1] or fps) if got is not None else (None, fps)
-    numbers = [int(p.stem) for p in (_try(face_files, dr.face_dir(split, cid)) or [])]
+    numbers = [face_number(p) for p in (_try(face_files, dr.face_dir(split, cid)) or [])]
     faces = _try(load_face_crops, dr.face_dir(split, cid)) if numbers else None
     wave = _try(load_audio, dr.audio_path(split, cid))
     transcript = _try(load_transcript, dr.transcript_path(split, cid))
@@ -264,15 +272,6 @@ def load_clip_view(root, split: str, cid: str, *, model=None, data=None, pred=No
         grid = np.arange(view.n_frames) / view.fps
         view.timeline = fusion_timeline(model, data, cid, times, times=grid, window_s=window_s)
     return view
-
-
-def split_labels(root, split: str) -> pd.DataFrame | None:
-    """True intensities of a split: the CSV for train/valid, SynthMimic's hidden file for test, else None."""
-    from emi_lib.eval.submission import read_hidden_labels
-
-    if split != "test":
-        return DataRoot(root).split(split)
-    return _try(read_hidden_labels, root)
 
 
 def suggest_clips(ids, corruptions: pd.DataFrame | None) -> dict:
@@ -309,7 +308,7 @@ class ClipExplorer:
         self.data = inputs.sets[split]
         self.ids = list(self.data.ids)
         self.pred, self.clip_weights, _ = predict(model, self.data)
-        self.labels = split_labels(root, split) if labels is None else labels
+        self.labels = read_labels(root, split) if labels is None else labels
         synth = (self.root / "synthmimic" / "corruptions.csv").exists()
         self.corruptions = load_corruptions(self.root) if synth else None
         self.model_source, self.last_error = model_source, None

@@ -3,7 +3,9 @@ r"""Fusion weights of one clip over time: a diagnostic of the quality-guided fus
 The full model's quality-guided fusion (:class:`~emi_lib.models.fusion.QualityGuidedFusion`) computes
 **one** weight per modality and clip from the time-pooled encoder outputs. To see *when* in a clip a
 modality looks unreliable (an occluder that comes and goes, a burst of noise), :func:`fusion_timeline`
-re-evaluates the model's own quality estimators on short stretches of the clip:
+re-evaluates the model's own quality estimators on short stretches of the clip, through the fusion's own
+public path (:meth:`~emi_lib.models.fusion.QualityGuidedFusion.pool_stream` and
+:meth:`~emi_lib.models.fusion.QualityGuidedFusion.weights_of`, which its forward uses):
 
 **Windowed weights** (``method="window"``, any model with ``fusion="quality"`` and ``per_step=False``).
 The clip goes through the model exactly as in :func:`~emi_lib.train.stage2.predict` (same subsampling to
@@ -44,8 +46,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from emi_lib.models.fusion import masked_softmax
-from emi_lib.train.data import Stage2Data, Stage2Dataset, subsample_steps
+from emi_lib.features.store import subsample_steps
+from emi_lib.train.data import Stage2Data, Stage2Dataset
 
 
 @dataclass
@@ -102,6 +104,39 @@ def _one_clip(model, data: Stage2Data, cid: str):
     return ds.collate([0]), kept
 
 
+def _windowed_weights(net, batch: dict, tv: dict, clip_avail: np.ndarray, times: np.ndarray, window_s: float,
+                      chunk: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(weights (N, M), available (N, M))`` of the windows centred on ``times`` (module docstring): each
+    stream's encoder outputs pooled over the steps of each window (``tv``: their times) by the fusion's own
+    pooling, then the fusion's own quality weights (``chunk`` windows pooled at a time)."""
+    fusion, mods = net.fusion, list(net.fusion.names)
+    n, half = len(times), window_s / 2
+    pooled, avail = {}, np.zeros((n, len(mods)), dtype=bool)
+    for i, m in enumerate(mods):
+        if m == "text":
+            pooled[m] = net.text_norm(batch["text"]).expand(n, -1)
+            avail[:, i] = clip_avail[i]
+            continue
+        x, mask = batch[m], batch[f"{m}_mask"]
+        h, _ = net.encoders[m](x, mask)  # (1, T, H), the context of the whole clip
+        t_m = tv[m]
+        if not clip_avail[i] or t_m.size == 0:
+            pooled[m] = h.new_zeros(n, h.shape[-1])
+            continue
+        win = np.abs(t_m[None, :] - times[:, None]) <= half + 1e-9  # (N, T)
+        win_t = torch.from_numpy(win)
+        parts = [fusion.pool_stream(m, h[0, : t_m.size].expand(len(c), -1, -1), win_t[c])
+                 for c in np.array_split(np.arange(n), max(1, -(-n // chunk)))]
+        pooled[m] = torch.cat(parts)
+        avail[:, i] = win.any(1)
+    # the clip's priors, one row per window, read by the fusion as in the forward (PriorInput: standardised,
+    # with known/unknown indicators)
+    priors = {m: torch.as_tensor(p).reshape(1, -1).expand(n, -1)
+              for m, p in ((batch.get("priors") or {}) if net.cfg.use_priors else {}).items()}
+    w, _ = fusion.weights_of(pooled, priors, torch.from_numpy(avail))
+    return w.numpy().astype(np.float64), avail
+
+
 @torch.no_grad()
 def fusion_timeline(model, data: Stage2Data, cid: str, times_by_stream: dict, times=None,
                     window_s: float = 1.0, method: str = "auto", chunk: int = 64) -> WeightTimeline:
@@ -150,31 +185,5 @@ def fusion_timeline(model, data: Stage2Data, cid: str, times_by_stream: dict, ti
                               "constant", None)
     if method != "window":
         raise ValueError(f"unknown method {method!r}")
-    fusion = net.fusion
-    n, half = len(times), float(window_s) / 2
-    pooled, avail = {}, np.zeros((n, len(mods)), dtype=bool)
-    for i, m in enumerate(mods):
-        if m == "text":
-            pooled[m] = net.text_norm(batch["text"]).expand(n, -1)
-            avail[:, i] = clip_avail[i]
-            continue
-        x, mask = batch[m], batch[f"{m}_mask"]
-        h, _ = net.encoders[m](x, mask)  # (1, T, H), the context of the whole clip
-        t_m = tv[m]
-        if not clip_avail[i] or t_m.size == 0:
-            pooled[m] = h.new_zeros(n, h.shape[-1])
-            continue
-        win = np.abs(t_m[None, :] - times[:, None]) <= half + 1e-9  # (N, T)
-        win_t = torch.from_numpy(win)
-        parts = [fusion.pool[m](h[0, : t_m.size].expand(len(c), -1, -1), win_t[c])
-                 for c in np.array_split(np.arange(n), max(1, -(-n // chunk)))]
-        pooled[m] = torch.cat(parts)
-        avail[:, i] = win.any(1)
-    priors = batch.get("priors") if mcfg.use_priors else None
-    scores = []
-    for m in mods:
-        p = fusion._prior(priors or {}, m, pooled[m][:1]).expand(n, -1)
-        scores.append(fusion.quality[m](torch.cat([pooled[m], p], -1)))
-    w = masked_softmax(torch.cat(scores, -1) / fusion.tau, torch.from_numpy(avail), dim=-1)
-    return WeightTimeline(str(cid), times, w.numpy().astype(np.float64), avail, mods, clip_w, "window",
-                          float(window_s))
+    w, avail = _windowed_weights(net, batch, tv, clip_avail, times, float(window_s), chunk)
+    return WeightTimeline(str(cid), times, w, avail, mods, clip_w, "window", float(window_s))
