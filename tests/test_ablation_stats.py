@@ -34,7 +34,9 @@ def test_mean_ci_one_seed_has_no_interval_and_nan_is_refused():
 def test_paired_comparison_verdicts():
     a = {0: 0.50, 1: 0.52, 2: 0.55}
     assert paired_comparison(a, {0: 0.40, 1: 0.43, 2: 0.44})["verdict"] == "holds"
-    assert paired_comparison({k: v - 0.2 for k, v in a.items()}, a)["verdict"] == "reversed"
+    assert paired_comparison({k: v - 0.2 - 0.01 * k for k, v in a.items()}, a)["verdict"] == "reversed"
+    flat = paired_comparison({k: v - 0.2 for k, v in a.items()}, a)  # every difference -0.2: no variance
+    assert flat["verdict"] == "untestable" and math.isnan(flat["p"])
     mixed = paired_comparison(a, {0: 0.60, 1: 0.42, 2: 0.55})
     assert mixed["verdict"] == "not shown" and mixed["lo"] < 0 < mixed["hi"]
     one = paired_comparison({0: 0.5}, {0: 0.4})
@@ -54,7 +56,7 @@ def _scores():
     for key, base in (("full", 0.50), ("equal", 0.45), ("vision_only", 0.20), ("audio_only", 0.52)):
         for seed in range(3):
             jitter = [0.0, 0.01, -0.01][seed]
-            rows.append({"key": key, "variant": VARIANTS[key].label, "seed": seed, "mean": base + jitter + 0.001 * seed,
+            rows.append({"key": key, "variant": VARIANTS[key].label, "seed": seed, "mean": base + jitter + 0.001 * seed * (1 if key == "full" else -1),
                          **{e: base for e in EMOTIONS}})
     return pd.DataFrame(rows)
 
