@@ -5,8 +5,9 @@ measured steps. A benchmark, not a test: it never runs the whole study.
 
 Measured: generating the bench root, extracting its default raw features (face mesh, ComParE + log mel), and
 **one** training run of the full model (demo model sizes and budget, seed 0, one torch thread, raw features).
-Extrapolated: that run's time times the number of stage-2 runs of the study (its stage-2 arms x seeds), divided
-by the worker processes. An extrapolation: arms differ in cost (a single-modality arm is cheaper, the text arm
+Extrapolated: that run's time times the number of stage-2 runs of the study (its stage-2 arms x seeds, the
+fine-tuned-tower arm included, which runs only after notebook 01 with FINETUNE_FOLDS >= 2), divided by the worker
+processes. An extrapolation: arms differ in cost (a single-modality arm is cheaper, the text arm
 dearer), stage-1 aligned inputs are not the raw ones, and other backbones (openclip, fer) are extracted on top.
 """
 
