@@ -31,10 +31,12 @@ from emi_lib.paths import (  # noqa: F401  (the path policy, re-exported for the
 )
 
 
-def resolve_data_root(data_root: str | os.PathLike | None, profile: str, seed: int) -> Path:
+def resolve_data_root(data_root: str | os.PathLike | None, profile: str, seed: int,
+                      synth_profile: str | None = None) -> Path:
     """The ``DATA_ROOT`` parameter of every notebook: a given path (a Hume-Vidmimic2 root), or, when
     empty, the shared SynthMimic root of this profile and seed (generated once, reused after).
-    Profile ``full`` without a root uses SynthMimic's ``demo`` profile."""
+    Profile ``full`` without a root uses SynthMimic's ``demo`` profile; ``synth_profile`` names another
+    generator profile (notebook 03's ``STUDY``: ``"bench"``, 1000/500/500 clips)."""
     if data_root:
         root = Path(data_root).expanduser().resolve()
         if not root.is_dir():
@@ -42,8 +44,8 @@ def resolve_data_root(data_root: str | os.PathLike | None, profile: str, seed: i
         return root
     from emi_lib.data.synth import ensure_synthmimic
 
-    gen_profile = "demo" if profile == "full" else profile
-    return Path(ensure_synthmimic(synth_root(profile, seed), profile=gen_profile, seed=seed)).resolve()
+    gen_profile = synth_profile or ("demo" if profile == "full" else profile)
+    return Path(ensure_synthmimic(synth_root(profile, seed, synth_profile), profile=gen_profile, seed=seed)).resolve()
 
 
 def save_figure(fig, name: str, out_dir: Path, *, publish: bool = False, dpi: int = 110) -> Path:

@@ -52,10 +52,11 @@ def stage_run_dir(profile: str, notebook_stem: str) -> Path:
     return runs_root(profile) / notebook_stem
 
 
-def synth_root(profile: str, seed: int) -> Path:
+def synth_root(profile: str, seed: int, synth_profile: str | None = None) -> Path:
     """The shared SynthMimic root of a profile and data seed, reused by every notebook of a run
-    (profile ``full`` without a data root uses SynthMimic's ``demo`` profile)."""
-    gen_profile = "demo" if profile == "full" else profile
+    (profile ``full`` without a data root uses SynthMimic's ``demo`` profile). ``synth_profile`` names another
+    generator profile (``"bench"``: notebook 03's larger study) under the same runs root."""
+    gen_profile = synth_profile or ("demo" if profile == "full" else profile)
     return runs_root(profile) / f"synthmimic_{gen_profile}_seed{seed}"
 
 

@@ -2,7 +2,7 @@
 
 Notebook 01 runs first (smoke, into its own folder) so that the full model reads stage-1 aligned
 features and the "no stage 1" arm exists; two seeds and two worker processes exercise the
-intervals, the paired comparisons and the parallel runner."""
+seed+clip bootstrap intervals, the paired comparisons with their Holm-adjusted p-values and the parallel runner."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import papermill as pm
 from emi_lib.experiments.ablation import VARIANTS
 
 VERDICTS = {"holds", "reversed", "not shown", "untestable"}
-CLAIM_VERDICTS = {"held", "contradicted", "not shown", "untestable (1 seed)", "not run"}
+CLAIM_VERDICTS = {"held", "contradicted", "not shown", "untestable", "untestable (1 seed)", "not run"}
 
 
 def test_03_ablation_fusion_weights(run_notebook, tmp_path):
@@ -32,10 +32,23 @@ def test_03_ablation_fusion_weights(run_notebook, tmp_path):
     for label, row in table.items():
         for col, ci in row.items():
             assert math.isfinite(ci["mean"]), (label, col)
-            assert ci["lo"] is not None and ci["lo"] <= ci["mean"] <= ci["hi"], (label, col, ci)
+            assert ci["lo"] is not None and ci["lo"] < ci["hi"], (label, col, ci)  # seed+clip bootstrap interval
+        assert row["mean"]["lo"] <= row["mean"]["mean"] <= row["mean"]["hi"], (label, row["mean"])
+    ridge = table[VARIANTS["ridge"].label]["mean"]  # deterministic: its interval is the clip bootstrap's
+    assert math.isfinite(ridge["lo"]) and math.isfinite(ridge["hi"]) and ridge["hi"] - ridge["lo"] > 1e-6
+    assert rec["bootstrap"]["n_resamples"] == 200 and rec["bootstrap"]["seeds"] == [0, 1]
     paired = rec["paired"]
     assert set(paired) == set(VARIANTS) - {"full"}
     assert all(p["verdict"] in VERDICTS and p["n"] == 2 for p in paired.values())
+    for key, p in paired.items():
+        assert {"p", "p_holm", "p_seed_t", "lo", "hi"} <= set(p), key
+        assert p["p"] is not None and 0 < p["p"] <= 1, (key, p["p"])  # +1-corrected: never 0
+        assert p["p_holm"] is not None and p["p"] <= p["p_holm"] <= 1, (key, p)
+        assert p["p_seed_t"] is None or p["p_seed_t"] > 0, (key, p["p_seed_t"])  # NaN (None), never 0
+        holds = p["p_holm"] < 0.05 and p["lo"] > 0
+        assert (p["verdict"] == "holds") == holds, (key, p)
+    best = rec["best_variant"]
+    assert best["variant"] in table and math.isfinite(best["val_best"]) and best["test_lo"] < best["test_hi"]
     assert {c["verdict"] for c in rec["claims"].values()} <= CLAIM_VERDICTS
     assert rec["robustness_verdict"] in CLAIM_VERDICTS
     curve = rec["robustness_curve"]

@@ -61,15 +61,22 @@ def test_generate_splits_argument(tmp_path):
     assert DataRoot(tmp_path / "r").available_splits() == ["train", "valid", "test"]
 
 
-def test_degradation_table_measures_the_change_of_the_advantage():
+def _degradation_rows(full_worst_slope):
     rows = []
     for seed in range(3):
         for sev, full, eq in ((0.0, 0.50, 0.48), (1.0, 0.45, 0.30)):
-            rows += [dict(key="full", seed=seed, axis="occlusion", severity=sev, mean=full + 0.01 * seed),
+            slope = full_worst_slope if sev == 1.0 else 0.01
+            rows += [dict(key="full", seed=seed, axis="occlusion", severity=sev, mean=full + slope * seed),
                      dict(key="equal", seed=seed, axis="occlusion", severity=sev, mean=eq + 0.012 * seed)]
-    t = degradation_table(pd.DataFrame(rows), "full", ["equal"])
-    r = t.iloc[0]
+    return pd.DataFrame(rows)
+
+
+def test_degradation_table_measures_the_change_of_the_advantage():
+    r = degradation_table(_degradation_rows(0.013), "full", ["equal"]).iloc[0]
     assert r["advantage_clean"] == pytest.approx(0.02 - 0.002, abs=1e-9)
-    assert r["advantage_worst"] == pytest.approx(0.15 - 0.002, abs=1e-9)
-    assert r["change"] == pytest.approx(0.13, abs=1e-9) and r["change_verdict"] == "holds"
+    assert r["advantage_worst"] == pytest.approx(0.15 + 0.001, abs=1e-9)
+    assert r["change"] == pytest.approx(0.133, abs=1e-9) and r["change_verdict"] == "holds"
     assert np.isfinite(r["change_lo"])
+    # the same change on every seed (0.13): no variance to test, "untestable" rather than a p of 0
+    flat = degradation_table(_degradation_rows(0.01), "full", ["equal"]).iloc[0]
+    assert flat["change"] == pytest.approx(0.13, abs=1e-9) and flat["change_verdict"] == "untestable"

@@ -39,3 +39,22 @@ def test_targets_met_and_missed():
     assert missed.loc["full model >= 0.60", "margin"] == pytest.approx(-0.02)
     assert not missed.loc["vision-only >= ridge on face summaries", "met"]
     assert "quality >= equal-weight fusion at the lowest SNR" not in missed.index  # no sweep given
+
+
+def test_targets_take_the_seed_clip_bootstrap_intervals():
+    import numpy as np
+
+    from emi_lib.eval.stats import seed_clip_bootstrap
+
+    rng = np.random.default_rng(0)
+    y = rng.uniform(size=(100, 6))
+    preds = {k: np.stack([y + rng.normal(scale=s, size=y.shape) for _ in range(3)])
+             for k, s in (("full", 0.2), ("vision_only", 0.6), ("audio_only", 0.5))}
+    rows = [{"key": k, "seed": s, "mean": float(np.mean([np.corrcoef(p[s][:, j], y[:, j])[0, 1] for j in range(6)]))}
+            for k, p in preds.items() for s in range(3)]
+    boot = seed_clip_bootstrap(preds, y, n_resamples=300)
+    t = study_targets(pd.DataFrame(rows), ridge_all=0.5, ridge_face=0.3, boot=boot)
+    full = t.loc["full model >= 0.60"]
+    assert full["value"] == pytest.approx(boot.interval("full")["mean"]) and full["lo"] == boot.interval("full")["lo"]
+    best = t.loc["full model >= best single modality + 0.05"]
+    assert best["lo"] == pytest.approx(boot.difference("full", "audio_only")["lo"]) and "bootstrap" in best["note"]

@@ -6,7 +6,10 @@ stopping as notebook 02's full model, once per seed; only the named part changes
 fusion each help; each variant below removes or replaces exactly one of them.
 
 Runs are cached: ``<out>/models/<variant>/seed<k>/result.json`` holds the config and the scores, and a
-rerun with the same config and evaluation clips reuses it (a changed config retrains from scratch).
+rerun with the same config and evaluation clips reuses it (a changed config retrains from scratch). Every run
+writes its per-clip predictions of the evaluation split (``eval_predictions.csv``; the deterministic ridge
+once, ``<out>/models/ridge/eval_predictions.csv``): the bootstrap of :mod:`emi_lib.experiments.ablation_stats`
+resamples them.
 Training runs in ``workers`` processes (one torch thread each): two workers on a 2-core machine halve
 the wall time of the study.
 """
@@ -87,6 +90,25 @@ VARIANTS: dict[str, Variant] = {
     "ridge": Variant("ridge on mean-pooled features", kind="ridge", inputs="raw", tests="a linear baseline"),
 }
 
+#: arms the demo's default list leaves out to fit its time budget (run them with ``VARIANTS=[...]``): "static" (a
+#: third fixed fusion besides equal and concat), "aux" and "a_logmel" (one seed each on the demo root: auxiliary
+#: heads 0.615 -> 0.619 validation, log mel alone 0.38 vs ComParE + log mel 0.44 by the ridge probe)
+OPTIONAL = ("static", "aux", "a_logmel")
+#: notebook 03's ``STUDY``: the same arms on SynthMimic's larger "bench" profile (1000/500/500 clips), 5 seeds
+STUDY_SYNTH_PROFILE = "bench"
+STUDY_SEEDS = (0, 1, 2, 3, 4)
+
+
+def default_seeds(profile: str, study: bool = False) -> list[int]:
+    """Model seeds of notebook 03 when ``MODEL_SEEDS`` is None: smoke [0], demo [0, 1, 2], study 5 seeds."""
+    return list(STUDY_SEEDS) if study else [0] if profile == "smoke" else [0, 1, 2]
+
+
+def default_variants(profile: str) -> list[str]:
+    """Arms of notebook 03 when ``VARIANTS`` is None: all of them in smoke, all but :data:`OPTIONAL` otherwise."""
+    return [k for k in VARIANTS if profile == "smoke" or k not in OPTIONAL]
+
+
 _WORKER: dict = {}
 
 
@@ -129,7 +151,7 @@ def _train_task(task: dict) -> dict:
     model, hist = train_stage2(cfg, sets["train"], sets["valid"], folder, progress=False, resume=False)
     train_s = time.perf_counter() - t0
     pred, weights, _ = predict(model, sets[_WORKER["eval_split"]], batch_size=64)
-    pred.to_csv(folder / "eval_predictions.csv")
+    pred.astype("float64").to_csv(folder / "eval_predictions.csv")  # float64: the CSV round-trips exactly
     weights.to_csv(folder / "eval_weights.csv")
     res = {"variant": task["variant"], "seed": task["seed"], "config": task["config"], "eval_ids": task["eval_ids"],
            "provenance": task["provenance"],
@@ -142,7 +164,7 @@ def _train_task(task: dict) -> dict:
 
 def _cached(task: dict) -> dict | None:
     path = Path(task["run_dir"]) / "result.json"
-    if not path.exists() or not (Path(task["run_dir"]) / "best.pt").exists():
+    if not all((Path(task["run_dir"]) / f).exists() for f in ("result.json", "best.pt", "eval_predictions.csv")):
         return None
     res = json.loads(path.read_text())
     same = (res.get("config") == task["config"] and res.get("eval_ids") == task["eval_ids"]
@@ -150,9 +172,18 @@ def _cached(task: dict) -> dict | None:
     return res if same else None
 
 
-def ridge_scores(raw_sets: dict, eval_split: str, eval_labels: pd.DataFrame) -> dict:
+def prediction_path(out_dir, key: str, seed: int) -> Path:
+    """Where a (variant, seed) run keeps its per-clip predictions of the evaluation split (the ridge, the
+    same for every seed: one file)."""
+    if VARIANTS[key].kind == "ridge":
+        return Path(out_dir) / "models" / key / "eval_predictions.csv"
+    return Path(out_dir) / "models" / key / f"seed{int(seed)}" / "eval_predictions.csv"
+
+
+def ridge_predictions(raw_sets: dict, splits=("test",)) -> dict[str, pd.DataFrame]:
     """Ridge (alpha by leave-one-out CV on train) on each clip's mean-pooled (z-scored) vision and audio
-    features plus two availability flags, scored on ``eval_split``. Deterministic: the same for every seed."""
+    features plus two availability flags -> {split: predictions (clips x EMOTIONS, clipped to [0, 1])}.
+    Deterministic: the same for every seed."""
     from emi_lib.eval.probe import fit_ridge
     from emi_lib.eval.retrieval import mean_pool
 
@@ -167,16 +198,22 @@ def ridge_scores(raw_sets: dict, eval_split: str, eval_labels: pd.DataFrame) -> 
 
     tr = raw_sets["train"]
     model = fit_ridge(design(tr), tr.labels.loc[tr.ids, list(EMOTIONS)].to_numpy())
-    ev = raw_sets[eval_split]
-    pred = pd.DataFrame(np.clip(model.predict(design(ev)), 0, 1), index=ev.ids, columns=list(EMOTIONS))
-    return _score_dict(pred, eval_labels)
+    return {s: pd.DataFrame(np.clip(model.predict(design(raw_sets[s])), 0, 1), index=pd.Index(raw_sets[s].ids,
+                            name="Filename"), columns=list(EMOTIONS)) for s in splits}
+
+
+def ridge_scores(raw_sets: dict, eval_split: str, eval_labels: pd.DataFrame) -> dict:
+    """The ridge baseline (:func:`ridge_predictions`) scored on ``eval_split``: ``{"mean", <six emotions>}``."""
+    return _score_dict(ridge_predictions(raw_sets, (eval_split,))[eval_split], eval_labels)
 
 
 def run_ablation(variants, seeds, sets_by_inputs: dict, eval_split: str, eval_labels: pd.DataFrame, out_dir,
                  profile: str, dims_by_inputs: dict, workers: int = 1, overrides: dict | None = None,
                  progress: bool = True, provenance: dict | None = None) -> pd.DataFrame:
     """Train and score every (variant, seed); return the long table: one row per variant and seed with
-    ``key, variant, seed, mean, <six emotions>, val_best, best_epoch, epochs, train_s, cached``.
+    ``key, variant, seed, mean, <six emotions>, val_best, best_epoch, epochs, train_s, cached``. ``val_best``:
+    the run's best validation mean PCC (the early-stopping criterion; the ridge: its validation score, fitted
+    on train), what the best variant is chosen by. Per-clip predictions: :func:`prediction_path`.
 
     ``sets_by_inputs``: {"stage1": {split: Stage2Data}, "raw": {...}} (a variant whose inputs are missing
     raises). ``eval_labels``: labels of ``eval_split`` (SynthMimic's hidden test labels, or validation
@@ -197,8 +234,16 @@ def run_ablation(variants, seeds, sets_by_inputs: dict, eval_split: str, eval_la
     for key in variants:
         v = VARIANTS[key]
         if v.kind == "ridge":
-            s = ridge_scores(sets_by_inputs[v.inputs], eval_split, eval_labels)
-            rows += [{"key": key, "variant": v.label, "seed": seed, **s, "cached": False} for seed in seeds]
+            raw = sets_by_inputs[v.inputs]
+            val_split = "valid" if raw["valid"].labels is not None else None
+            pred = ridge_predictions(raw, tuple(dict.fromkeys([eval_split, *([val_split] if val_split else [])])))
+            path = prediction_path(out, key, 0)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pred[eval_split].to_csv(path)
+            s = _score_dict(pred[eval_split], eval_labels)
+            val = _score_dict(pred[val_split], raw["valid"].labels)["mean"] if val_split else np.nan
+            rows += [{"key": key, "variant": v.label, "seed": seed, **s, "val_best": val, "cached": False}
+                     for seed in seeds]
             continue
         sets = sets_by_inputs[v.inputs]
         for seed in seeds:
@@ -241,74 +286,6 @@ def describe_variants(variants) -> pd.DataFrame:
     return pd.DataFrame({k: {f: getattr(VARIANTS[k], f) for f in ("label", "kind", "inputs", "fusion", "use_priors",
                                                                    "swap_encoders", "use_text", "tests")}
                          for k in variants}).T
-
-
-
-def paired_table(scores: pd.DataFrame, reference: str = "full", column: str = "mean") -> pd.DataFrame:
-    """For every variant but the reference: its reference's advantage ``reference - variant`` on ``column``
-    over their common seeds (:func:`emi_lib.eval.stats.paired_comparison`); "holds" means the reference is
-    better with the whole 95% interval above 0. The reference is ``reference`` (the full model), except for
-    an arm whose :attr:`Variant.reference` names another arm that was run (a backbone arm is compared with
-    the raw-input arm: same inputs kind, one backbone changed)."""
-    from emi_lib.eval.stats import paired_comparison
-
-    by_key = {k: g.set_index("seed")[column].to_dict() for k, g in scores.groupby("key", sort=False)}
-    if reference not in by_key:
-        raise ValueError(f"no rows of the reference variant {reference!r}")
-    rows = {}
-    for key, vals in by_key.items():
-        if key == reference:
-            continue
-        ref = VARIANTS[key].reference if VARIANTS[key].reference in by_key else reference
-        c = paired_comparison(by_key[ref], vals)
-        rows[key] = {"variant": VARIANTS[key].label, "reference": VARIANTS[ref].label,
-                     "claim tested": VARIANTS[key].tests, **c}
-    return pd.DataFrame(rows).T.rename_axis("key")
-
-
-#: claim -> the variants whose paired comparison with the full model tests it
-CLAIMS = {
-    "stage-1 alignment helps": ["no_stage1"],
-    "quality-guided fusion beats fusion without quality guidance": ["equal", "static", "concat"],
-    "fusing both modalities beats either alone": ["vision_only", "audio_only"],
-    "TCN for vision and gated BiLSTM for audio beat the swapped assignment": ["swapped"],
-    "the full model beats a linear baseline": ["ridge"],
-    "training with modality dropout and corruption teaches the fusion to compensate": ["no_dropout", "no_corruption"],
-    "the pretrained face models beat the random-init and fine-tuned image towers": ["v_openclip", "v_finetuned"],
-}
-
-
-def _diff_text(row) -> str:
-    if not np.isfinite(float(row["lo"])):
-        return f"{float(row['diff']):+.3f} (1 seed, no interval)"
-    return f"{float(row['diff']):+.3f} [{float(row['lo']):+.3f}, {float(row['hi']):+.3f}] ({row['verdict']})"
-
-
-def _short(label: str) -> str:
-    return label.split(" (")[0]
-
-
-def claim_verdicts(paired: pd.DataFrame) -> pd.DataFrame:
-    """One row per claim: "held" when every comparison of the claim holds, "contradicted" when one is
-    reversed, "not shown" otherwise (or "untestable" with one seed, "not run" without its variants)."""
-    rows = {}
-    for claim, keys in CLAIMS.items():
-        got = [k for k in keys if k in paired.index]
-        v = [paired.loc[k, "verdict"] for k in got]
-        if not got:
-            verdict = "not run"
-        elif "untestable" in v:
-            verdict = "untestable (1 seed)"
-        elif all(x == "holds" for x in v):
-            verdict = "held"
-        elif "reversed" in v:
-            verdict = "contradicted"
-        else:
-            verdict = "not shown"
-        detail = "; ".join(f"{_short(paired.loc[k, 'reference'])} − {paired.loc[k, 'variant']}: "
-                           f"{_diff_text(paired.loc[k])}" for k in got)
-        rows[claim] = {"verdict": verdict, "evidence": detail}
-    return pd.DataFrame(rows).T.rename_axis("claim")
 
 
 def ablation_inputs(root, profile: str, variants: list[str], *, stage1: str = "auto") -> tuple[dict, list[str], list[str]]:

@@ -17,7 +17,8 @@ def _err(table: pd.DataFrame, col: str) -> np.ndarray:
 
 
 def plot_ablation_bars(table: pd.DataFrame, scores: pd.DataFrame, ceiling: float | None = None, title: str = ""):
-    """Left: mean PCC per variant with its 95% CI (bars) and every seed (dots). Right: per emotion."""
+    """Left: mean PCC per variant with its 95% interval (bars; ``table``'s ``<col>_lo/_hi``: the seed+clip
+    bootstrap in notebook 03) and every seed (dots). Right: per emotion."""
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.4), gridspec_kw={"width_ratios": [1, 1.4]})
     names = list(table.index)
     y = np.arange(len(names))
@@ -30,7 +31,7 @@ def plot_ablation_bars(table: pd.DataFrame, scores: pd.DataFrame, ceiling: float
         ax.text(ceiling, len(names) - 0.4, " noise ceiling", fontsize=8, color="gray", va="bottom")
     ax.set_yticks(y, names, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("mean PCC (bars: mean over seeds, 95% CI; dots: seeds)")
+    ax.set_xlabel("mean PCC (bars: mean over seeds, 95% seed+clip bootstrap interval; dots: seeds)")
     width = 0.8 / len(names)
     x = np.arange(len(EMOTIONS))
     for i, n in enumerate(names):
@@ -38,7 +39,7 @@ def plot_ablation_bars(table: pd.DataFrame, scores: pd.DataFrame, ceiling: float
                 yerr=np.vstack([_err(table.loc[[n]], e)[:, 0] for e in EMOTIONS]).T, capsize=1, label=n,
                 error_kw={"lw": 0.6})
     ax2.set_xticks(x, [e.replace(" ", "\n") for e in EMOTIONS], fontsize=8)
-    ax2.set_ylabel("PCC (mean over seeds, 95% CI)")
+    ax2.set_ylabel("PCC (mean over seeds, 95% bootstrap interval)")
     ax2.axhline(0, color="k", lw=0.5)
     ax2.legend(fontsize=6, ncol=2)
     fig.suptitle(title)
@@ -47,7 +48,7 @@ def plot_ablation_bars(table: pd.DataFrame, scores: pd.DataFrame, ceiling: float
 
 
 def plot_paired(paired: pd.DataFrame, title: str = ""):
-    """Dot plot of the full model's paired advantage over each variant with its 95% CI."""
+    """Dot plot of the reference's paired advantage over each variant with its 95% interval, coloured by verdict."""
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(paired) + 1.2))
     y = np.arange(len(paired))
     d, lo, hi = (paired[c].astype(float).to_numpy() for c in ("diff", "lo", "hi"))
@@ -59,8 +60,8 @@ def plot_paired(paired: pd.DataFrame, title: str = ""):
     ax.axvline(0, color="k", lw=0.8)
     ax.set_yticks(y, paired["variant"], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("full − variant, mean PCC (paired over seeds, 95% CI); > 0: full is better")
-    ax.set_title(title or "Paired comparison with the full model (green: full better, red: worse, grey: not shown)",
+    ax.set_xlabel("reference − variant, mean PCC (paired seed+clip bootstrap, 95%); > 0: reference is better")
+    ax.set_title(title or "Paired comparison with the reference (Holm-adjusted; green: reference better, red: worse, grey: not shown)",
                  fontsize=9)
     fig.tight_layout()
     return fig
