@@ -299,13 +299,13 @@ class ClipExplorer:
 
     def _set_slider(self, value: int, maximum: int | None = None) -> None:
         with self._lock:
-            self._adjusting = True
+            before, self._adjusting = self._adjusting, True
             try:
                 if maximum is not None:
                     self.slider.max = maximum
                 self.slider.value = value
             finally:
-                self._adjusting = False
+                self._adjusting = before
 
     def _apply(self, state: tuple, pngs: dict) -> None:
         self._shown = state
@@ -348,13 +348,12 @@ class ClipExplorer:
             self.status.value = f"no clip id contains {html.escape(change['new'])!r}"
             return
         with self._lock:
-            keep = self.dropdown.value
-            self._adjusting = True  # new options reset the dropdown to their first clip: not a clip change yet
-            try:
+            keep, before, self._adjusting = self.dropdown.value, self._adjusting, True
+            try:  # new options reset the dropdown to their first clip: not a clip change (yet)
                 self.dropdown.options = hits
                 self.dropdown.value = keep if keep in hits and len(hits) > 1 else hits[0]
             finally:
-                self._adjusting = False
+                self._adjusting = before
             if self._shown is None or self.dropdown.value != self._shown[0]:
                 self.play_btn.value = False
                 self._guard(self._show_clip, self.dropdown.value)
