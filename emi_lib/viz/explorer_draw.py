@@ -85,14 +85,14 @@ def frame_title(k: int, n_frames: int, t: float) -> str:
     return f"video frame {k} of {max(n_frames - 1, 0)} (t = {t:.2f} s)"
 
 
-def face_title(face, k: int) -> str:
-    return f"face crop the model saw (frame {k})" if face is not None else f"no face crop for frame {k}"
+def face_title(face) -> str:
+    return "face crop the model saw" if face is not None else "no face crop for this frame"
 
 
 def draw_frame_pair(axes, frame, face, k: int, n_frames: int, t: float) -> None:
     """The video frame and the face crop of the same frame, labelled as what they are."""
     draw_frame(axes[0], frame, frame_title(k, n_frames, t), "no video")
-    draw_frame(axes[1], face, face_title(face, k), "the model saw no face here")
+    draw_frame(axes[1], face, face_title(face), "the model saw no face here")
 
 
 def draw_wave(ax, wave, cursor_s: float | None, xmax: float):
