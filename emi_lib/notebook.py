@@ -106,9 +106,10 @@ def _jsonable(value):
     return value
 
 
-def record(name: str, value, out_dir: Path) -> None:
-    """Publish a metric: merged into ``out_dir/metrics.json`` (read back by tests and batch runs)
-    and shown in the notebook's output. NaN is stored as ``null``, never as 0."""
+def record(name: str, value, out_dir: Path, *, show: bool = False) -> None:
+    """Publish a metric: merged into ``out_dir/metrics.json`` (read back by tests and batch runs). NaN is stored
+    as ``null``, never as 0. Quiet: a notebook shows its numbers in its own words; ``show`` prints one short
+    line (``recorded name = value``, cut at 120 characters), never a display object."""
     out_dir = Path(out_dir)
     path = out_dir / "metrics.json"
     data = json.loads(path.read_text()) if path.exists() else {}
@@ -116,12 +117,9 @@ def record(name: str, value, out_dir: Path) -> None:
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
     tmp.replace(path)
-    try:
-        from IPython.display import display
-
-        display({"application/json": {name: data[name]}, "text/plain": f"recorded {name} = {data[name]!r}"}, raw=True)
-    except ImportError:  # pragma: no cover - IPython is a pinned dependency
-        pass
+    if show:
+        line = f"recorded {name} = {json.dumps(data[name])}"
+        print(line if len(line) <= 120 else line[:119] + "…")
 
 
 def read_records(out_dir: Path) -> dict:

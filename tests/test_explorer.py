@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
@@ -24,6 +26,7 @@ from emi_lib.models.emi_model import EMIModel, EMIModelConfig
 from emi_lib.train.data import Stage2Data, media_absent
 from emi_lib.train.stage2 import predict
 from emi_lib.viz import explorer as X
+from emi_lib.viz import explorer_draw as D
 from emi_lib.viz.timeline import fusion_timeline, step_times
 
 torch.set_num_threads(1)
@@ -130,7 +133,7 @@ def test_step_times_and_length_check(inputs):
 
 
 # ------------------------------------------------------------------------------------- pure figure helpers
-def test_figures_render_with_and_without_media(inputs):
+def test_figures_render_with_and_without_media_outside_pyplot(inputs):
     data = inputs.sets["test"]
     cid = _clip_with_both(data)
     tl = fusion_timeline(_model(), data, cid, _times(data, cid), times=np.linspace(0, 3, 10))
@@ -140,18 +143,53 @@ def test_figures_render_with_and_without_media(inputs):
     assert X.compute_logmel(None) is None and X.compute_logmel(wave[:100]) is None
     pred = pd.Series(0.5, index=list(EMOTIONS))
     frame = np.zeros((16, 16, 3), np.uint8)
-    figs = [X.frame_figure(frame, frame, "t"), X.frame_figure(None), X.audio_figure(wave, mel, 0.5, 1.0),
-            X.audio_figure(None, None, None, 1.0), X.intensity_figure(pred, pred * 0.5), X.intensity_figure(None),
-            X.weights_figure(tl, 1.0, 3.0), X.weights_figure(None, None, 3.0)]
+    plt.close("all")
+    figs = [D.frame_figure(frame, frame, 0, 3, 0.0), D.frame_figure(None), D.audio_figure(wave, mel, 0.5, 1.0),
+            D.audio_figure(None, None, None, 1.0), D.intensity_figure(pred, pred * 0.5), D.intensity_figure(None),
+            D.weights_figure(tl, 1.0, 3.0), D.weights_figure(None, None, 3.0)]
     for fig in figs:
-        assert X.fig_to_png(fig, dpi=40).startswith(PNG)
+        png = D.fig_to_png(fig, dpi=40)
+        assert png.startswith(PNG)
+        w, h = D.png_size(png)  # fixed size: the picture does not change size between frames or clips
+        assert (w, h) == tuple(round(v * 40) for v in fig.get_size_inches())
+    assert plt.get_fignums() == []  # nothing went through pyplot's global state
     view = X.ClipView(cid, "test", None, 10.0, [0, 2], np.stack([frame, frame]), wave, mel, "hi", pred, None, tl,
                       {"face_corruption": "occlusion", "face_severity": 0.3, "audio_corruption": "none"})
     assert view.n_frames == 3 and view.face_at(2) is not None and view.face_at(1) is None
     assert "occlusion" in X.describe(view) and '"hi"' in X.describe(view)
     fig = X.snapshot_figure(view, 1)
-    assert len(fig.axes) >= 6
-    plt.close(fig)
+    assert len(fig.axes) >= 6 and plt.get_fignums() == []
+
+
+def test_panels_are_labelled_and_the_cursor_is_one_visible_colour(inputs):
+    data = inputs.sets["test"]
+    cid = _clip_with_both(data)
+    tl = fusion_timeline(_model(), data, cid, _times(data, cid), times=np.linspace(0, 3, 10))
+    wave = np.sin(np.linspace(0, 3000, 48000)).astype(np.float32)
+    fig = D.audio_figure(wave, X.compute_logmel(wave), 0.0, 3.0)
+    wfig = D.weights_figure(tl, 0.0, 3.0)
+    axes = [*fig.axes, *wfig.axes]
+    for ax in axes:  # the cursor of frame 0 lies inside the axes, off the axis line
+        lo, hi = ax.get_xlim()
+        assert lo < 0.0 < hi
+        cursors = [ln for ln in ax.get_lines() if ln.get_color() == D.CURSOR]
+        assert len(cursors) == 1 and cursors[0].get_xdata()[0] == 0.0
+    colours = {ln.get_color() for ax in axes for ln in ax.get_lines() if ln.get_linestyle() == "-" and len(ln.get_xdata()) == 2
+               and ln.get_xdata()[0] == ln.get_xdata()[1]}
+    assert colours == {D.CURSOR}
+    frame = np.zeros((32, 32, 3), np.uint8)
+    titles = [ax.get_title() for ax in D.frame_figure(frame, frame[:16, :16], 4, 10, 0.4).axes]
+    assert titles[0].startswith("video frame 4") and titles[1].startswith("face crop the model saw")
+    assert "no face crop" in D.frame_figure(frame, None, 4, 10, 0.4).axes[1].get_title()
+    # the legend sits outside the axes and the y range holds the tallest bar (no bar under the legend)
+    pred = pd.Series([0.2, 1.3, 0.5, -0.2, 0.9, 1.0], index=list(EMOTIONS))
+    fig = D.intensity_figure(pred, pred.clip(0, 1))
+    ax = fig.axes[0]
+    fig.canvas.draw()
+    leg, box = ax.get_legend().get_window_extent(), ax.get_window_extent()
+    assert leg.x0 >= box.x1 - 1
+    lo, hi = ax.get_ylim()
+    assert lo < -0.2 and hi > 1.3
 
 
 def test_match_ids_and_suggestions(smoke_root):
@@ -167,7 +205,79 @@ def test_match_ids_and_suggestions(smoke_root):
     assert X.suggest_clips(ids, None) == {"first": "00007"}
 
 
+# ------------------------------------------------------------------------------------- occlusion ground truth
+@pytest.fixture(scope="module")
+def occluded_root(tmp_path_factory):
+    """A SynthMimic test split where every clip is occluded, with the occluded frames the generator drew
+    (recorded from its frame-span draw; the corruption table keeps only the clip's kind and severity)."""
+    import emi_lib.data.synth.corrupt as corrupt
+    import emi_lib.data.synth.writer as writer
+    from emi_lib.data.synth import SynthConfig, generate
+
+    spans, current = {}, {}
+    render, frame_span = writer.render_clip, corrupt.frame_span
+
+    def recording_render(task):
+        current["id"] = task[1].clip_id
+        return render(task)
+
+    def recording_span(*args, **kw):
+        mask = frame_span(*args, **kw)
+        spans[current["id"]] = mask.copy()
+        return mask
+
+    out = tmp_path_factory.mktemp("synth_occluded")
+    cfg = SynthConfig.from_profile("smoke", seed=3, n_test=6, occlusion_rate=1.0, missing_frames_rate=0.0,
+                                   no_face_rate=0.0)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(writer, "render_clip", recording_render)
+        mp.setattr(corrupt, "frame_span", recording_span)
+        generate(out, cfg, workers=1, progress=False, splits=("test",))
+    return out, {f"{int(k):05d}": v for k, v in spans.items()}
+
+
+def test_the_focus_frame_of_an_occluded_clip_lies_inside_the_occlusion(occluded_root):
+    from emi_lib.eval.corruption import load_corruptions
+
+    root, spans = occluded_root
+    cor = load_corruptions(root)
+    min_share = X.occlusion_min_share(root)
+    assert min_share > 0
+    for cid in DataRoot(root).ids("test"):
+        view = X.load_clip_view(root, "test", cid, corruptions=cor, min_share=min_share)
+        truth = spans[cid]
+        k, why = X.focus_frame(view)
+        assert truth[k] and "occlusion" in why, (cid, k, np.flatnonzero(truth))
+        iou = (view.occlusion & truth).sum() / (view.occlusion | truth).sum()
+        assert iou > 0.7, (cid, np.flatnonzero(view.occlusion), np.flatnonzero(truth))
+        # the snapshot's default frame is that frame
+        assert X.snapshot_figure(view).axes[0].get_title().startswith(f"video frame {k} ")
+
+
+def test_the_explorer_opens_on_the_most_occluded_clip_inside_the_occlusion(occluded_root):
+    from emi_lib.eval.corruption import load_corruptions
+
+    root, spans = occluded_root
+    data = _split_data(root, "test")
+    ns = SimpleNamespace(sets={"test": data})
+    ex = X.ClipExplorer(root, ns, _model(), "test", dpi=30)
+    most = load_corruptions(root).loc[ex.ids, "face_severity"].astype(float).idxmax()
+    assert ex.start_clip == most and ex.dropdown.value == most and ex.last_error is None
+    cid, k = ex.shown
+    assert cid == most and spans[cid][k] and ex.slider.value == k
+    assert "inside the occlusion" in ex.status.value
+
+
 # -------------------------------------------------------------------------------------------------- widgets
+def _explorer(smoke_root, inputs, **kw):
+    kw.setdefault("model_source", "test model")
+    return X.build_explorer(smoke_root, inputs, _model(), "test", window_s=0.5, **kw).explorer
+
+
+def _pngs(ex) -> dict:
+    return {p: bytes(ex.images[p].value) for p in X.PANELS}
+
+
 def test_explorer_widget_interaction(smoke_root, inputs):
     import ipywidgets as W
 
@@ -175,9 +285,10 @@ def test_explorer_widget_interaction(smoke_root, inputs):
     assert isinstance(box, W.VBox)
     ex = box.explorer
     assert ex.last_error is None and ex.labels is not None  # SynthMimic: hidden test labels
-    for img in (ex.frame_img, ex.bars_img, ex.audio_img, ex.weights_img):
+    assert ex.start_clip == ex.suggested["occluded"]  # opens on the most occluded clip, not on a clean one
+    for img in ex.images.values():
         assert bytes(img.value).startswith(PNG)
-    other = ex.ids[1]
+    other = next(c for c in ex.ids if c != ex.dropdown.value)
     before = (bytes(ex.bars_img.value), bytes(ex.weights_img.value))
     ex.dropdown.value = other
     assert ex.last_error is None and other in ex.status.value and other in ex.info.value
@@ -186,6 +297,7 @@ def test_explorer_widget_interaction(smoke_root, inputs):
     frame_png = bytes(ex.frame_img.value)
     ex.slider.value = 0 if ex.slider.value else 1
     assert ex.last_error is None and bytes(ex.frame_img.value) != frame_png
+    assert ex.shown == (other, ex.slider.value)
     target = ex.ids[-1]
     ex.search.value = target
     assert ex.dropdown.value == target and list(ex.dropdown.options) == [target]
@@ -194,6 +306,143 @@ def test_explorer_widget_interaction(smoke_root, inputs):
     ex.search.value = ""
     assert len(ex.dropdown.options) == len(ex.ids)
     assert ex.view(target) is ex.view(target)  # decoded once
+    for b in (ex.play_btn, ex.prev_btn, ex.next_btn):  # every control says what it does
+        assert b.tooltip and b.description
+    k = ex.slider.value
+    ex.next_btn.click()
+    assert ex.slider.value == min(k + 1, ex.slider.max) and ex.shown == (target, ex.slider.value)
+    ex.prev_btn.click()
+    assert ex.slider.value == k and ex.shown == (target, k)
+
+
+def test_images_keep_their_true_aspect_ratio(smoke_root, inputs):
+    ex = _explorer(smoke_root, inputs)
+    for cid in ex.ids[:2]:
+        ex.dropdown.value = cid
+        for p, img in ex.images.items():
+            w, h = D.png_size(img.value)
+            assert (img.width, img.height) == (str(w), str(h)), p
+            assert img.layout.object_fit == "contain" and img.layout.height == "auto"
+    rows = [c for c in ex.widget.children if hasattr(c, "children") and any(i in c.children for i in ex.images.values())]
+    assert len(rows) == 2 and all(r.layout.align_items == "flex-start" for r in rows)  # no stretched children
+
+
+def test_concurrent_callbacks_draw_what_a_serial_draw_draws(smoke_root, inputs, monkeypatch):
+    """Widget changes from several threads at once (a browser's slider and clip menu, the player): every picture
+    shown is byte-identical to a serial draw of the state it claims, the last one shows the widgets' state, and no
+    figure goes through pyplot (whose current figure and figure list are shared by every thread, and which the
+    inline backend renders and closes when a cell ends: a half-built chart)."""
+    ex = _explorer(smoke_root, inputs, dpi=40)
+    pyplot_figures = []
+    monkeypatch.setattr(plt, "figure", lambda *a, **kw: pyplot_figures.append(a) or pytest.fail("pyplot figure"))
+    applied, apply = [], ex._apply
+
+    def recording_apply(state, pngs):
+        applied.append((state, dict(pngs)))
+        apply(state, pngs)
+
+    ex._apply = recording_apply
+    clips = ex.ids[:3]
+    errors = []
+
+    def user(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            for _ in range(4):
+                if rng.uniform() < 0.5:
+                    ex.dropdown.value = clips[rng.integers(len(clips))]
+                else:
+                    ex.slider.value = int(rng.integers(0, ex.slider.max + 1))
+                time.sleep(float(rng.uniform(0, 0.05)))
+        except Exception as err:  # pragma: no cover - reported below
+            errors.append(err)
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors and ex.last_error is None and applied and not pyplot_figures
+    assert ex.shown == ex.wanted() == (ex.dropdown.value, ex.slider.value)
+    serial = {}
+    for state, pngs in applied + [(ex.shown, _pngs(ex))]:
+        if state not in serial:
+            serial[state] = X.render_panels(ex.view(state[0]), state[1], model_source="test model", dpi=40)
+        for p, png in pngs.items():
+            assert png == serial[state][p], (state, p)
+
+
+def test_play_never_shows_another_frame_than_the_slider_and_pause_keeps_it(smoke_root, inputs):
+    ex = _explorer(smoke_root, inputs, dpi=30, interval_s=0.001)  # asks for frames far faster than they draw
+    cid = ex.dropdown.value
+    last = ex.view(cid).n_frames - 1
+    seen, slider_at, picture_at = [], {}, {}
+    ex.frame_img.observe(lambda ch: seen.append((ex.slider.value, ex.shown)), names="value")
+    ex.frame_img.observe(lambda ch: picture_at.setdefault(ex.shown[1], time.perf_counter()), names="value")
+    ex.slider.observe(lambda ch: slider_at.setdefault(ch["new"], time.perf_counter()), names="value")
+    ex.slider.value = last - 4
+    seen.clear()
+    slider_at.clear()
+    picture_at.clear()
+    ex.play_btn.value = True
+    assert ex.play_btn.description == "pause"
+    assert ex.wait_player(120)
+    assert ex.last_error is None and ex.play_btn.value is False and ex.play_btn.description == "play"
+    frames = list(range(last - 3, last + 1))
+    assert [k for k, _ in seen] == frames  # every frame drawn, in order, none skipped
+    assert all(shown == (cid, k) for k, shown in seen)  # the slider named the frame the picture showed
+    # ... and slider and picture moved together: no draw between them (a player that moves the slider and then
+    # draws shows the old picture under the new frame number for a whole draw)
+    assert sorted(slider_at) == sorted(picture_at) == frames
+    assert max(abs(picture_at[k] - slider_at[k]) for k in frames) < 0.5 * ex.draw_s
+    assert ex.slider.value == last and ex.shown == (cid, last)  # the end: stays on the last frame
+    # pause in the middle keeps the frame (no jump back to 0); play again from there
+    ex.slider.value = 0
+    seen.clear()
+    ex.play_btn.value = True
+    deadline = time.time() + 60
+    while ex.slider.value < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    ex.play_btn.value = False
+    assert ex.wait_player(60)
+    k = ex.slider.value
+    assert 2 <= k < last and ex.shown == (cid, k)
+    time.sleep(0.2)
+    assert ex.slider.value == k and ex.shown == (cid, k)
+    assert all(shown == (cid, s) for s, shown in seen)
+    ex.play_btn.value = True
+    while ex.slider.value == k and ex.play_btn.value:
+        time.sleep(0.01)
+    ex.play_btn.value = False
+    assert ex.wait_player(60) and ex.slider.value == k + 1 and ex.shown == (cid, k + 1)
+
+
+def test_toy_models_get_a_warning_banner(smoke_root, inputs):
+    assert X.toy_warning("demo", "notebook 02") is None
+    assert "smoke" in X.toy_warning("smoke", "notebook 02") and "trained here" in X.toy_warning("demo", "trained here")
+    assert "PCC 0.06" in X.toy_warning("smoke", "trained here", 0.061)
+    ex = _explorer(smoke_root, inputs, profile="smoke")
+    assert ex.warning and "Toy model" in ex.banner.value and ex.widget.children[0] is ex.banner
+    assert f"{ex.score:.2f}" in ex.warning
+    assert _explorer(smoke_root, inputs, profile="demo", model_source="notebook 02").banner.value == ""
+
+
+def test_record_writes_metrics_quietly(tmp_path, capsys):
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    from emi_lib.notebook import read_records, record
+
+    InteractiveShell.instance()
+    with capture_output() as cap:
+        record("a", {"x": float("nan"), "path": str(tmp_path)}, tmp_path)
+        record("b", 1.5, tmp_path)
+    assert cap.outputs == [] and cap.stdout == "" and capsys.readouterr().out == ""
+    assert read_records(tmp_path) == {"a": {"x": None, "path": str(tmp_path)}, "b": 1.5}
+    with capture_output() as cap:
+        record("c", list(range(100)), tmp_path, show=True)
+    assert cap.outputs == [] and cap.stdout.count("\n") == 1 and len(cap.stdout) <= 122
+    assert cap.stdout.startswith("recorded c = [0, 1")
 
 
 def _fake_root(path, seed):

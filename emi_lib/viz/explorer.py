@@ -1,28 +1,38 @@
-"""Notebook 04's interactive clip explorer (ipywidgets) and the pure figure functions behind it.
+"""Notebook 04's interactive clip explorer (ipywidgets): one clip at a time, its media, predictions and weights.
 
-One clip at a time: the video frame under a slider (and its face crop), the waveform and log-mel spectrogram
+The video frame under a slider next to the face crop the model saw, the waveform and log-mel spectrogram
 with a cursor at the frame's time, predicted against true intensities, the fusion weights over time
 (:func:`emi_lib.viz.timeline.fusion_timeline`: a windowed *diagnostic*; the clip-level weight the prediction
-used is drawn dashed), the transcript and, on SynthMimic, what the generator corrupted.
+used is drawn dashed), the transcript and, on SynthMimic, what the generator corrupted. Drawing is in
+:mod:`emi_lib.viz.explorer_draw` (pure functions, figures outside pyplot).
 
-Drawing lives in pure functions (arrays in, matplotlib figure out) so that it is testable without widgets and
-renders headless; the widgets show PNG bytes in ``ipywidgets.Image`` (JupyterLab, classic, and any Agg run).
-Per-clip media are decoded once per clip and kept in a small LRU cache (:meth:`ClipExplorer.view`).
+**Rendering is safe whatever order widget callbacks arrive in** (a browser's slider, the player thread, a
+clip change): every redraw runs under one re-entrant render lock and draws the state the widgets hold *when
+it draws* (clip dropdown, frame slider), not the state a callback was called with; a draw that was overtaken
+while it ran is dropped and the latest state drawn instead, so requests coalesce and the pictures always show
+the widgets' clip and frame. Each picture is an ``ipywidgets.Image`` given its PNG's own width and height
+(and ``object-fit: contain``), in boxes that do not stretch their children.
+
+**Play** is a self-scheduling player (a toggle button and a thread): it draws frame k+1, then moves the
+slider and the pictures to it together, and waits at most what is left of the interval, so it never runs
+ahead of the drawing (a slow draw slows the playback; the slider never says a frame the picture does not
+show). Pause keeps the frame shown.
 """
 
 from __future__ import annotations
 
 import html
-import io
+import json
+import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from emi_lib.constants import EMOTIONS, SAMPLE_RATE
+from emi_lib.constants import SAMPLE_RATE
 from emi_lib.data import DataRoot
 from emi_lib.data.errors import DataError
 from emi_lib.data.labels import read_labels
@@ -35,9 +45,17 @@ from emi_lib.data.media import (
     load_video_frames,
 )
 from emi_lib.features.backbones import MIN_SAMPLES, LogMel
+from emi_lib.viz.explorer_draw import (  # noqa: F401  (snapshot_figure, describe: the notebook's entry points)
+    PANELS,
+    describe,
+    estimate_occlusion,
+    focus_frame,
+    png_size,
+    render_panels,
+    snapshot_figure,
+    toy_warning,
+)
 from emi_lib.viz.timeline import WeightTimeline, fusion_timeline, step_times
-
-COLORS = {"vision": "tab:blue", "audio": "tab:orange", "text": "tab:green"}
 
 
 @dataclass
@@ -57,6 +75,7 @@ class ClipView:
     true: pd.Series | None
     timeline: WeightTimeline | None
     corruption: dict | None
+    occlusion: np.ndarray | None = None  # bool (n_frames,): frames the occluder covers (estimated), None if none
 
     @property
     def n_frames(self) -> int:
@@ -71,6 +90,9 @@ class ClipView:
 
     def frame_time(self, k: int) -> float:
         return int(k) / self.fps
+
+    def frame_at(self, k: int):
+        return None if self.frames is None else self.frames[int(k)]
 
     def face_at(self, k: int):
         """The face crop of video frame ``k``, or None (no crop for that frame)."""
@@ -99,146 +121,13 @@ def match_ids(ids, query: str) -> list:
     return exact + [i for i in ids if q in str(i) and i not in exact]
 
 
-def fig_to_png(fig, dpi: int = 80) -> bytes:
-    """PNG bytes of ``fig`` (then closed)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return buf.getvalue()
-
-
-def draw_frame(ax, image, title: str = "") -> None:
-    ax.axis("off")
-    if image is None:
-        ax.text(0.5, 0.5, "absent", ha="center", va="center", transform=ax.transAxes, color="0.4")
-    else:
-        ax.imshow(image)
-    ax.set_title(title, fontsize=9)
-
-
-def draw_wave(ax, wave, cursor_s: float | None, xmax: float) -> None:
-    if wave is None:
-        ax.text(0.5, 0.5, "no audio", ha="center", va="center", transform=ax.transAxes, color="0.4")
-    else:
-        ax.plot(np.arange(len(wave)) / SAMPLE_RATE, wave, lw=0.4, color="k")
-    ax.set_xlim(0, xmax)
-    ax.set_ylabel("amplitude")
-    if cursor_s is not None:
-        ax.axvline(cursor_s, color="red", lw=1.2)
-
-
-def draw_logmel(ax, logmel, cursor_s: float | None, xmax: float) -> None:
-    if logmel is not None:
-        ax.imshow(logmel.T, origin="lower", aspect="auto", cmap="magma", extent=[0, len(logmel) / 100, 0, logmel.shape[1]])
-    ax.set_xlim(0, xmax)
-    ax.set_ylabel("mel bin")
-    ax.set_xlabel("time (s)")
-    if cursor_s is not None:
-        ax.axvline(cursor_s, color="cyan", lw=1.2)
-
-
-def draw_intensities(ax, pred, true=None) -> None:
-    """Bars of the six predicted intensities next to the true ones (hatched, when known)."""
-    x = np.arange(len(EMOTIONS))
-    p = np.full(len(EMOTIONS), np.nan) if pred is None else np.asarray(pd.Series(pred)[list(EMOTIONS)], float)
-    ax.bar(x - 0.2, p, 0.4, label="predicted", color="tab:purple")
-    if true is not None:
-        ax.bar(x + 0.2, np.asarray(pd.Series(true)[list(EMOTIONS)], float), 0.4, label="true", color="0.7",
-               hatch="//", edgecolor="0.3")
-    ax.set_xticks(x, list(EMOTIONS), fontsize=7, rotation=30, ha="right")
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("intensity")
-    ax.legend(fontsize=7, loc="upper right")
-
-
-def draw_weights(ax, timeline: WeightTimeline | None, cursor_s: float | None, xmax: float) -> None:
-    """Windowed fusion weights per modality (solid), the clip-level weights the prediction used (dashed)."""
-    if timeline is None:
-        ax.text(0.5, 0.5, "no fusion weights", ha="center", va="center", transform=ax.transAxes, color="0.4")
-    else:
-        for i, m in enumerate(timeline.modalities):
-            c = COLORS.get(m)
-            w = np.where(timeline.available[:, i], timeline.weights[:, i], np.nan)
-            ax.plot(timeline.times, w, "-", color=c, lw=1.5, label=f"{m} ({timeline.method})")
-            ax.axhline(timeline.clip_weights[i], color=c, ls="--", lw=1, label=f"{m} clip-level {timeline.clip_weights[i]:.2f}")
-        win = f", window {timeline.window_s:g} s" if timeline.window_s else ""
-        ax.set_title(f"fusion weights over time ({timeline.method}{win}; diagnostic)", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    ax.set_xlim(0, xmax)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("time (s)")
-    ax.set_ylabel("weight")
-    if cursor_s is not None:
-        ax.axvline(cursor_s, color="red", lw=1.2)
-
-
-def frame_figure(frame, face=None, title: str = ""):
-    fig, axes = plt.subplots(1, 2, figsize=(5.2, 2.8), gridspec_kw={"width_ratios": [1.4, 1]})
-    draw_frame(axes[0], frame, title)
-    draw_frame(axes[1], face, "face crop" if face is not None else "no face crop for this frame")
-    fig.tight_layout()
-    return fig
-
-
-def audio_figure(wave, logmel, cursor_s: float | None, xmax: float):
-    fig, axes = plt.subplots(2, 1, figsize=(6.5, 3.6), sharex=True)
-    draw_wave(axes[0], wave, cursor_s, xmax)
-    draw_logmel(axes[1], logmel, cursor_s, xmax)
-    fig.tight_layout()
-    return fig
-
-
-def intensity_figure(pred, true=None, title: str = "predicted vs true"):
-    fig, ax = plt.subplots(figsize=(5.2, 2.8))
-    draw_intensities(ax, pred, true)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def weights_figure(timeline, cursor_s: float | None, xmax: float):
-    fig, ax = plt.subplots(figsize=(6.5, 2.6))
-    draw_weights(ax, timeline, cursor_s, xmax)
-    fig.tight_layout()
-    return fig
-
-
-def describe(view: ClipView) -> str:
-    """One-line description: corruption (SynthMimic), clip-level weights, transcript."""
-    parts = [f"clip {view.clip_id} ({view.split})"]
-    if view.corruption:
-        c = view.corruption
-        snr = float(c.get("audio_snr_db", np.nan))
-        parts.append(f"face: {c.get('face_corruption')} (severity {float(c.get('face_severity', 0)):.2f}), "
-                     f"audio: {c.get('audio_corruption')} (severity {float(c.get('audio_severity', 0)):.2f}"
-                     + (f", SNR {snr:.1f} dB)" if np.isfinite(snr) else ")"))
-    if view.timeline is not None:
-        parts.append("clip-level weights " + ", ".join(f"{m} {w:.2f}" for m, w in
-                                                       zip(view.timeline.modalities, view.timeline.clip_weights)))
-    parts.append(f'transcript: "{view.transcript}"' if view.transcript is not None else "no transcript")
-    return " | ".join(parts)
-
-
-def snapshot_figure(view: ClipView, frame: int | None = None):
-    """Every panel of the explorer for one clip and frame in one static figure."""
-    k = view.n_frames // 2 if frame is None else int(frame)
-    t, xmax = view.frame_time(k), view.duration
-    fig = plt.figure(figsize=(12, 9.5))
-    gs = fig.add_gridspec(4, 3, height_ratios=[1.5, 0.8, 1.0, 1.1])
-    img = view.frames[k] if view.frames is not None else None
-    draw_frame(fig.add_subplot(gs[0, 0]), img, f"frame {k} / {view.n_frames - 1} (t = {t:.2f} s)")
-    face = view.face_at(k)
-    draw_frame(fig.add_subplot(gs[0, 1]), face, "face crop" if face is not None else "no face crop")
-    ax = fig.add_subplot(gs[0, 2])
-    draw_intensities(ax, view.pred, view.true)
-    ax.set_title("predicted vs true" if view.true is not None else "predicted (no labels)", fontsize=9)
-    ax_w = fig.add_subplot(gs[1, :])
-    draw_wave(ax_w, view.wave, t, xmax)
-    draw_logmel(fig.add_subplot(gs[2, :], sharex=ax_w), view.logmel, t, xmax)
-    draw_weights(fig.add_subplot(gs[3, :], sharex=ax_w), view.timeline, t, xmax)
-    fig.suptitle("\n".join(describe(view).split(" | ", 2)), fontsize=9)
-    fig.tight_layout()
-    return fig
+def occlusion_min_share(root) -> float:
+    """The smallest share of frames a SynthMimic occluder covers (its manifest's ``occlusion_share``), else 0."""
+    path = Path(root) / "synthmimic" / "manifest.json"
+    try:
+        return float(json.loads(path.read_text())["config"]["occlusion_share"][0])
+    except (OSError, KeyError, TypeError, ValueError, IndexError):
+        return 0.0
 
 
 # --------------------------------------------------------------------------------------------------- I/O
@@ -250,9 +139,10 @@ def _try(fn, *args, **kw):
 
 
 def load_clip_view(root, split: str, cid: str, *, model=None, data=None, pred=None, labels=None,
-                   corruptions=None, window_s: float = 1.0, fps: float = 25.0) -> ClipView:
+                   corruptions=None, window_s: float = 1.0, fps: float = 25.0, min_share: float = 0.0) -> ClipView:
     """Decode one clip's media and compute its fusion-weight timeline (``model`` and ``data``: its split's
-    :class:`~emi_lib.train.data.Stage2Data`). ``fps`` is used only when the video cannot be read."""
+    :class:`~emi_lib.train.data.Stage2Data`) and, on an occluded SynthMimic clip, its occluded frames
+    (:func:`estimate_occlusion`). ``fps`` is used only when the video cannot be read."""
     dr = DataRoot(root)
     got = _try(load_video_frames, dr.video_path(split, cid))
     frames, fps = (got[0], got[1] or fps) if got is not None else (None, fps)
@@ -264,6 +154,10 @@ def load_clip_view(root, split: str, cid: str, *, model=None, data=None, pred=No
     view = ClipView(cid, split, frames, float(fps), numbers, faces, wave, compute_logmel(wave), transcript,
                     None if pred is None else pred.loc[cid], None if labels is None or cid not in labels.index
                     else labels.loc[cid], None, cor)
+    if cor is not None and cor.get("face_corruption") == "occlusion" and faces is not None:
+        view.occlusion = np.zeros(view.n_frames, bool)
+        hit = np.asarray(numbers)[estimate_occlusion(faces, min_share)]
+        view.occlusion[hit[hit < view.n_frames]] = True
     if model is not None and data is not None:
         n_v, n_a = len(data.vision.get(cid, [])), len(data.audio.get(cid, []))
         nums = numbers if n_v == len(numbers) else list(range(n_v)) if frames is not None and n_v == len(frames) else None
@@ -293,15 +187,23 @@ def suggest_clips(ids, corruptions: pd.DataFrame | None) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ widgets
+def _note(kind: str, text: str) -> str:
+    style = {"warn": "background:#fff3cd;border:1px solid #d39e00;color:#533f03",
+             "error": "background:#f8d7da;border:1px solid #b02a37;color:#58151c"}[kind]
+    return f"<div style='{style};padding:6px 10px;border-radius:4px'>{text}</div>"
+
+
 class ClipExplorer:
-    """The widget app (:func:`build_explorer`). Callbacks are thin: they fetch the cached :class:`ClipView`
-    and redraw with the pure functions above; a failure is shown in ``status`` (and kept in ``last_error``)."""
+    """The widget app (:func:`build_explorer`; module docstring for the rendering and the player). A failure in a
+    callback is shown in ``status`` (and kept in ``last_error``)."""
 
     def __init__(self, root, inputs, model, split: str = "test", *, labels=None, model_source: str = "",
-                 window_s: float = 1.0, clip_id: str | None = None, cache_size: int = 8, dpi: int = 80):
+                 profile: str | None = None, window_s: float = 1.0, clip_id: str | None = None, cache_size: int = 8,
+                 dpi: int = 80, interval_s: float | None = None):
         import ipywidgets as W
 
         from emi_lib.eval.corruption import load_corruptions
+        from emi_lib.eval.metrics import challenge_score
         from emi_lib.train.stage2 import predict
 
         self.root, self.split, self.model, self.window_s, self.dpi = Path(root), split, model, window_s, dpi
@@ -311,88 +213,221 @@ class ClipExplorer:
         self.labels = read_labels(root, split) if labels is None else labels
         synth = (self.root / "synthmimic" / "corruptions.csv").exists()
         self.corruptions = load_corruptions(self.root) if synth else None
-        self.model_source, self.last_error = model_source, None
+        self.min_share = occlusion_min_share(self.root)
+        self.score = None
+        if self.labels is not None and set(self.pred.index) <= set(self.labels.index):
+            self.score = challenge_score(self.pred, self.labels.loc[self.pred.index])["mean"]
+        self.warning = toy_warning(profile, model_source, self.score)
+        self.model_source, self.last_error, self.interval_s, self.draw_s = model_source, None, interval_s, 0.0
         self._cache: OrderedDict = OrderedDict()
         self._cache_size = cache_size
-        first = clip_id if clip_id in self.ids else self.ids[0]
-        self.search = W.Text(placeholder="search clip id", description="search", layout=W.Layout(width="200px"))
-        self.dropdown = W.Dropdown(options=self.ids, value=first, description="clip", layout=W.Layout(width="200px"))
+        self._lock = threading.RLock()  # every redraw and every change of the pictures
+        self._adjusting = False  # the lock's holder is moving the slider itself: its observer must not redraw
+        self._shown: tuple | None = None  # (clip, frame) the pictures show
+        self._stop, self._player = threading.Event(), None
+        self.suggested = suggest_clips(self.ids, self.corruptions)
+        self.start_clip = clip_id if clip_id in self.ids else self.suggested.get("occluded", self.ids[0])
+
+        self.banner = W.HTML(_note("warn", "&#9888; " + html.escape(self.warning)) if self.warning else "")
+        self.search = W.Text(placeholder="search clip id", description="search", layout=W.Layout(width="200px"),
+                             tooltip="type part of a clip id: the dropdown is filtered, a unique match is shown")
+        self.dropdown = W.Dropdown(options=self.ids, value=self.start_clip, description="clip",
+                                   layout=W.Layout(width="200px"), tooltip="the clip to show")
         self.slider = W.IntSlider(value=0, min=0, max=1, description="frame", continuous_update=False,
-                                  layout=W.Layout(width="420px"))
-        self.play = W.Play(value=0, min=0, max=1, interval=150, description="play")
-        W.jslink((self.play, "value"), (self.slider, "value"))
-        self.status = W.HTML()
-        self.info = W.HTML()
-        self.frame_img, self.bars_img = W.Image(format="png"), W.Image(format="png")
-        self.audio_img, self.weights_img = W.Image(format="png"), W.Image(format="png")
-        self.widget = W.VBox([W.HBox([self.search, self.dropdown, self.play, self.slider]), self.status,
-                              W.HBox([self.frame_img, self.bars_img]), W.HBox([self.audio_img, self.weights_img]),
-                              self.info])
+                                  layout=W.Layout(width="420px"), tooltip="the video frame to show")
+        self.play_btn = W.ToggleButton(value=False, description="play", icon="play", layout=W.Layout(width="90px"),
+                                       tooltip="play the clip from the slider's frame (each frame is drawn before "
+                                               "the next one; pause keeps the frame)")
+        self.prev_btn = W.Button(description="prev", icon="step-backward", layout=W.Layout(width="80px"),
+                                 tooltip="previous frame")
+        self.next_btn = W.Button(description="next", icon="step-forward", layout=W.Layout(width="80px"),
+                                 tooltip="next frame")
+        self.status, self.info = W.HTML(), W.HTML()
+        img = dict(format="png", layout=W.Layout(object_fit="contain", height="auto", max_width="100%"))
+        self.images = {p: W.Image(**img) for p in PANELS}
+        self.frame_img, self.bars_img = self.images["frame"], self.images["bars"]
+        self.audio_img, self.weights_img = self.images["audio"], self.images["weights"]
+        row = dict(layout=W.Layout(align_items="flex-start", flex_flow="row wrap"))
+        self.widget = W.VBox([self.banner, W.HBox([self.search, self.dropdown, self.prev_btn, self.play_btn,
+                                                   self.next_btn, self.slider], **row),
+                              self.status, W.HBox([self.frame_img, self.bars_img], **row),
+                              W.HBox([self.audio_img, self.weights_img], **row), self.info],
+                             layout=W.Layout(align_items="flex-start"))
         self.widget.explorer = self
         self.search.observe(self._on_search, names="value")
         self.dropdown.observe(self._on_clip, names="value")
         self.slider.observe(self._on_frame, names="value")
-        self._show_clip(first)
+        self.play_btn.observe(self._on_play, names="value")
+        self.prev_btn.on_click(lambda _: self._guard(self.step, -1))
+        self.next_btn.on_click(lambda _: self._guard(self.step, 1))
+        self._guard(self._show_clip, self.start_clip)
 
+    # ----------------------------------------------------------------------------------------- state
     def view(self, cid: str) -> ClipView:
         """The clip's :class:`ClipView`, decoded once (LRU cache of ``cache_size`` clips)."""
-        if cid in self._cache:
-            self._cache.move_to_end(cid)
-            return self._cache[cid]
-        v = load_clip_view(self.root, self.split, cid, model=self.model, data=self.data, pred=self.pred,
-                           labels=self.labels, corruptions=self.corruptions, window_s=self.window_s)
-        self._cache[cid] = v
-        while len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
-        return v
+        with self._lock:
+            if cid in self._cache:
+                self._cache.move_to_end(cid)
+                return self._cache[cid]
+            v = load_clip_view(self.root, self.split, cid, model=self.model, data=self.data, pred=self.pred,
+                               labels=self.labels, corruptions=self.corruptions, window_s=self.window_s,
+                               min_share=self.min_share)
+            self._cache[cid] = v
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+            return v
 
+    @property
+    def shown(self) -> tuple | None:
+        """(clip, frame) the pictures show."""
+        return self._shown
+
+    def wanted(self) -> tuple | None:
+        """(clip, frame) the widgets ask for (the frame clamped to the clip)."""
+        cid = self.dropdown.value
+        if cid is None:
+            return self._shown
+        return cid, min(max(int(self.slider.value), 0), self.view(cid).n_frames - 1)
+
+    def render(self, cid: str, k: int, parts=PANELS) -> dict:
+        """PNG bytes of the panels of clip ``cid`` at frame ``k`` (:func:`render_panels`), timed in ``draw_s``."""
+        with self._lock:
+            t0 = time.perf_counter()
+            out = render_panels(self.view(cid), k, parts, model_source=self.model_source, dpi=self.dpi)
+            self.draw_s = time.perf_counter() - t0
+            return out
+
+    def _set_slider(self, value: int, maximum: int | None = None) -> None:
+        with self._lock:
+            before, self._adjusting = self._adjusting, True
+            try:
+                if maximum is not None:
+                    self.slider.max = maximum
+                self.slider.value = value
+            finally:
+                self._adjusting = before
+
+    def _apply(self, state: tuple, pngs: dict) -> None:
+        self._shown = state
+        for p, png in pngs.items():  # each picture at its PNG's own pixel size
+            w, h = png_size(png)
+            im = self.images[p]
+            im.width, im.height, im.value = str(w), str(h), png
+        v = self.view(state[0])
+        if "bars" in pngs:
+            self.info.value = "<br>".join(html.escape(p) for p in describe(v).split(" | "))
+        if self.last_error is None:
+            k = state[1]
+            self.status.value = (f"clip {state[0]}: {v.n_frames} frames at {v.fps:g} fps, {v.duration:.2f} s; "
+                                 f"frame {k} (t = {v.frame_time(k):.2f} s)"
+                                 + (f"; drawn in {self.draw_s:.2f} s" if self.play_btn.value else ""))
+
+    def redraw(self) -> None:
+        """Draw what the widgets ask for until the pictures show it (a draw overtaken by a newer request is dropped)."""
+        with self._lock:
+            if self._adjusting:
+                return
+            while (want := self.wanted()) != self._shown:
+                parts = PANELS if self._shown is None or self._shown[0] != want[0] else ("frame", "audio", "weights")
+                pngs = self.render(*want, parts)
+                if self.wanted() == want:
+                    self._apply(want, pngs)
+
+    # ------------------------------------------------------------------------------------- callbacks
     def _guard(self, fn, *args) -> None:
         try:
             fn(*args)
             self.last_error = None
-        except Exception as err:  # shown in the app rather than lost in a callback
+        except Exception as err:  # shown in the app rather than lost in a callback or a thread
             self.last_error = err
-            self.status.value = f"<span style='color:#b00'>error: {html.escape(repr(err))}</span>"
+            self.status.value = _note("error", f"error: {html.escape(repr(err))}")
 
     def _on_search(self, change) -> None:
         hits = match_ids(self.ids, change["new"])
         if not hits:
             self.status.value = f"no clip id contains {html.escape(change['new'])!r}"
             return
-        self.dropdown.options = hits  # keeps the value if it is still listed
-        if self.dropdown.value != hits[0] and (len(hits) == 1 or self.dropdown.value not in hits):
-            self.dropdown.value = hits[0]
+        with self._lock:
+            keep, before, self._adjusting = self.dropdown.value, self._adjusting, True
+            try:  # new options reset the dropdown to their first clip: not a clip change (yet)
+                self.dropdown.options = hits
+                self.dropdown.value = keep if keep in hits and len(hits) > 1 else hits[0]
+            finally:
+                self._adjusting = before
+            if self._shown is None or self.dropdown.value != self._shown[0]:
+                self.play_btn.value = False
+                self._guard(self._show_clip, self.dropdown.value)
         self.status.value = f"{len(hits)} clip(s) match {html.escape(change['new'])!r}; showing {self.dropdown.value}"
 
     def _on_clip(self, change) -> None:
-        if change["new"] is not None:
+        with self._lock:
+            if change["new"] is None or self._adjusting:
+                return
+            self.play_btn.value = False
             self._guard(self._show_clip, change["new"])
 
     def _on_frame(self, change) -> None:
-        self._guard(self._draw_cursor, change["new"])
+        self._guard(self.redraw)
 
     def _show_clip(self, cid: str) -> None:
-        v = self.view(cid)
-        last = max(v.n_frames - 1, 0)
-        self.slider.unobserve(self._on_frame, names="value")
-        self.play.max = self.slider.max = max(last, 1)
-        self.slider.value = min(last // 2, self.slider.max)
-        self.slider.observe(self._on_frame, names="value")
-        title = ("predicted vs true" if v.true is not None else "predicted (no labels for this split)") + \
-            f" · model: {self.model_source}"
-        self.bars_img.value = fig_to_png(intensity_figure(v.pred, v.true, title), self.dpi)
-        self.info.value = "<br>".join(html.escape(p) for p in describe(v).split(" | "))
-        self.status.value = f"clip {cid}: {v.n_frames} frames at {v.fps:g} fps, {v.duration:.2f} s"
-        self._draw_cursor(self.slider.value)
+        with self._lock:
+            v = self.view(cid)
+            k, why = focus_frame(v)
+            self._set_slider(k, max(v.n_frames - 1, 1))
+            self.redraw()
+            if self.last_error is None and self._shown == (cid, k):
+                self.status.value += f" ({html.escape(why)})"
 
-    def _draw_cursor(self, k: int) -> None:
-        v = self.view(self.dropdown.value)
-        k = min(int(k), v.n_frames - 1)
-        t = v.frame_time(k)
-        img = v.frames[k] if v.frames is not None else None
-        self.frame_img.value = fig_to_png(frame_figure(img, v.face_at(k), f"frame {k} (t = {t:.2f} s)"), self.dpi)
-        self.audio_img.value = fig_to_png(audio_figure(v.wave, v.logmel, t, v.duration), self.dpi)
-        self.weights_img.value = fig_to_png(weights_figure(v.timeline, t, v.duration), self.dpi)
+    def step(self, delta: int) -> None:
+        """Move the slider by ``delta`` frames (pausing the player)."""
+        self.play_btn.value = False
+        self.slider.value = min(max(self.slider.value + int(delta), 0), self.slider.max)
+
+    # ---------------------------------------------------------------------------------------- player
+    def _on_play(self, change) -> None:
+        self.play_btn.description, self.play_btn.icon = ("pause", "pause") if change["new"] else ("play", "play")
+        if not change["new"]:
+            self._stop.set()
+            return
+        self._stop = stop = threading.Event()
+        self._player = threading.Thread(target=self._play, args=(stop,), name="explorer-player", daemon=True)
+        self._player.start()
+
+    def wait_player(self, timeout: float | None = None) -> bool:
+        """Wait for the player thread to end; True if it has."""
+        if self._player is not None:
+            self._player.join(timeout)
+        return self._player is None or not self._player.is_alive()
+
+    def _play(self, stop: threading.Event) -> None:
+        first = True
+        try:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                with self._lock:
+                    self.redraw()  # the pictures show the widgets' clip and frame
+                    cid, k = self._shown
+                    v = self.view(cid)
+                    if k >= v.n_frames - 1:
+                        if not first:
+                            break  # the end: the last frame stays
+                        k = -1  # started on the last frame: from the beginning
+                    first = False
+                    pngs = self.render(cid, k + 1, ("frame", "audio", "weights"))
+                    if stop.is_set():
+                        break  # paused while drawing: the frame shown stays
+                    if self.wanted() != self._shown:
+                        continue  # moved meanwhile (slider, clip): go on from there
+                    self._set_slider(k + 1)
+                    self._apply((cid, k + 1), pngs)
+                interval = self.interval_s if self.interval_s is not None else 1.0 / v.fps
+                stop.wait(max(interval - (time.perf_counter() - t0), 0.01))
+        except Exception as err:
+            self.last_error = err
+            self.status.value = _note("error", f"error while playing: {html.escape(repr(err))}")
+        finally:
+            if self._stop is stop:
+                self.play_btn.value = False
 
 
 def build_explorer(root, inputs, model, split: str = "test", **kwargs):
