@@ -18,10 +18,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-# notebooks this branch does not edit, which still differ: nbformat's key order (01, 03) and the kernel's name
-# and language_info (01-03). Rewriting them with json + nbformat.writes and the metadata below empties these.
-NOT_NORMALISED = {"01_stage1_contrastive_pretraining.ipynb", "03_ablation_fusion_weights.ipynb"}
-OLD_METADATA = NOT_NORMALISED | {"02_stage2_fusion_training.ipynb"}
+# notebooks still to normalise (none: every notebook is written by nbformat with the kernel's metadata)
+NOT_NORMALISED: set = set()
+OLD_METADATA: set = set()
 
 
 def _params(pending: set, why: str = "not normalised yet") -> list:
@@ -84,7 +83,7 @@ def _path_returning_helpers() -> set:
     return names
 
 
-@pytest.mark.parametrize("path", _params({"01_stage1_contrastive_pretraining.ipynb"}, "cell c15 ends on save_table(...)"))
+@pytest.mark.parametrize("path", _params(set()))
 def test_no_cell_ends_on_a_path(path):
     """A cell whose last line is ``save_table(...)`` (any helper that returns a Path) shows ``PosixPath('...')``
     as its output: assign it or end the line with ``;``."""
