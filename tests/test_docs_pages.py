@@ -76,12 +76,14 @@ TABLES = _notebook_of_tables()
 
 def _shows(value: str, page_numbers: list[str]) -> bool:
     """A table's 3-decimal number is in the page when the page writes it so, or writes the same value with more
-    decimals (pandas shows 0.831854 for 0.832) or fewer (0.6 for 0.600, 16 for 16.000)."""
+    decimals (pandas shows 0.831854 for 0.832) or fewer (0.6 for 0.600, 16 for 16.000), or shows it rounded twice
+    (a table rounded to 4 decimals, then displayed with 3: 0.43848 -> 0.4385 -> 0.439 on the page, 0.438 in the table)."""
     x = float(value)
     for tok in page_numbers:
         y = float(tok.replace("−", "-"))
         decimals = len(tok.split(".")[1]) if "." in tok else 0
-        if f"{y:.3f}" == value or (decimals > 3 and abs(y - x) <= 0.0005 + 1e-9):
+        if f"{y:.3f}" == value or (decimals > 3 and abs(y - x) <= 0.0005 + 1e-9) or (
+                decimals == 3 and abs(y - x) <= 0.001 + 1e-9):
             return True
     return False
 
