@@ -249,6 +249,14 @@ def load_face_crop(path: str | os.PathLike, size: int | tuple[int, int] | None =
     return np.asarray(rgb, dtype=np.uint8)
 
 
+def _selected_face_files(face_dir, stride: int, max_frames: int | None) -> list:
+    """Every ``stride``-th crop of :func:`face_files`, at most ``max_frames`` of them (both crop readers)."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    files = face_files(face_dir)[::stride]
+    return files if max_frames is None else files[:max_frames]
+
+
 def load_face_crops(
     face_dir: str | os.PathLike,
     size: int | tuple[int, int] | None = None,
@@ -262,11 +270,7 @@ def load_face_crops(
     a silent resize would distort faces without anyone choosing it). Every crop is fully decoded,
     so a truncated or corrupt jpg raises :class:`DataError` naming that file (never a black frame).
     """
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    files = face_files(face_dir)[::stride]
-    if max_frames is not None:
-        files = files[:max_frames]
+    files = _selected_face_files(face_dir, stride, max_frames)
     out: list[np.ndarray] = []
     for f in files:
         arr = load_face_crop(f, size)
@@ -308,11 +312,7 @@ def read_face_crops(
     different sizes without ``size``, and a clip whose crops are **all** unreadable raise
     :class:`DataError` (the last one kind ``"unreadable"``, naming the folder and the first bad crop).
     """
-    if stride < 1:
-        raise ValueError(f"stride must be >= 1, got {stride}")
-    files = face_files(face_dir)[::stride]
-    if max_frames is not None:
-        files = files[:max_frames]
+    files = _selected_face_files(face_dir, stride, max_frames)
     out: list[np.ndarray] = []
     valid = np.zeros(len(files), dtype=bool)
     errors: list[tuple[str, str]] = []
