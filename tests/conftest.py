@@ -6,6 +6,7 @@ import os
 
 import matplotlib
 import pytest
+from notebook_runs import execute_notebook
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -19,6 +20,27 @@ if _WORKER:
     for _var in ("EMI_RUNS_DIR", "EMI_FIGURES_DIR"):
         if os.environ.get(_var) and not os.environ[_var].rstrip("/").endswith(_WORKER):
             os.environ[_var] = os.path.join(os.environ[_var], _WORKER)
+
+
+# make test runs ``pytest -n 2 --dist loadscope --no-loadscope-reorder``: a test module (or a notebook's nbval
+# cells, in order) runs on one worker, and the modules go out in collection order, which puts the longest first
+# (:data:`LONGEST_FIRST`) so that neither worker is left alone with a long notebook at the end. The order is a
+# scheduling hint: any order gives the same results.
+LONGEST_FIRST = ("tests/test_notebook_01_03.py", "notebooks/03_ablation_fusion_weights.ipynb",
+                 "notebooks/01_stage1_contrastive_pretraining.ipynb", "tests/test_distributed.py",
+                 "notebooks/02_stage2_fusion_training.ipynb", "tests/test_determinism.py", "tests/test_notebook_02.py",
+                 "tests/test_notebooks.py", "notebooks/00_data_inspection.ipynb", "tests/test_notebook_04.py",
+                 "tests/test_explorer.py", "notebooks/04_explorer.ipynb")
+
+
+def pytest_collection_modifyitems(config, items):
+    """The longest modules first (:data:`LONGEST_FIRST`), each in its collected order."""
+    rank = {g: i for i, g in enumerate(LONGEST_FIRST)}
+
+    def module(item) -> str:
+        return item.path.relative_to(config.rootpath).as_posix()
+
+    items[:] = [it for _, _, it in sorted((rank.get(module(it), len(rank)), i, it) for i, it in enumerate(items))]
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -57,21 +79,11 @@ def notebook_env(tmp_path_factory):
 def run_notebook(notebook_env, tmp_path):
     """Execute ``notebooks/<name>`` with papermill (PROFILE="smoke", RUN_DIR in tmp_path) from a
     working directory other than notebooks/; return (records read back from metrics.json, run dir)."""
-    from pathlib import Path
-
-    import papermill as pm
-
-    from emi_lib.notebook import read_records
-
-    nb_dir = Path(__file__).resolve().parent.parent / "notebooks"
 
     def _run(name: str, **params):
         out_dir = tmp_path / "run"
-        cwd = tmp_path / "elsewhere"
-        cwd.mkdir(exist_ok=True)
-        pm.execute_notebook(str(nb_dir / name), str(tmp_path / name),
-                            parameters={"PROFILE": "smoke", "DATA_SEED": 0, "RUN_DIR": str(out_dir), **params},
-                            kernel_name="python3", cwd=str(cwd), progress_bar=False)
-        return read_records(out_dir), out_dir
+        return execute_notebook(name, out_dir, tmp_path, **params), out_dir
 
     return _run
+
+

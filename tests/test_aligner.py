@@ -10,13 +10,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
-from emi_lib.models.aligner import (
-    AlignerConfig,
-    LabelAwareClipLoss,
-    ModalityTextAligner,
-    build_loss,
-    label_distance,
-)
+from emi_lib.models.aligner import AlignerConfig, ModalityTextAligner
+from emi_lib.models.clip_loss import LabelAwareClipLoss, build_loss, label_distance
 from emi_lib.models.padding import pad_batch
 
 D, DT = 10, 12

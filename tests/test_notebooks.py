@@ -1,5 +1,5 @@
 """Notebook 00 executed headlessly by papermill (PROFILE="smoke"), metrics read back and asserted.
-Notebooks 01 and 02 have their own files (test_notebook_01.py, test_notebook_02.py)."""
+Notebooks 01 to 04 have their own files (test_notebook_01_03.py, test_notebook_02.py, test_notebook_04.py)."""
 
 from __future__ import annotations
 

@@ -121,7 +121,7 @@ def register_tiny_openclip() -> None:
 
     open_clip 3.3.0's public hook, :func:`open_clip.add_model_config`, takes a JSON file or folder
     and rescans; the config lives here in code, so it is written once per process to a private
-    temporary folder and registered from there. Idempotent.
+    temporary folder, registered from there (open_clip reads it at once) and removed. Idempotent.
     """
     import json
     import tempfile
@@ -130,10 +130,10 @@ def register_tiny_openclip() -> None:
 
     if TINY_OPENCLIP_MODEL in open_clip.list_models():
         return
-    folder = Path(tempfile.mkdtemp(prefix="emi_openclip_cfg_"))
-    path = folder / f"{TINY_OPENCLIP_MODEL}.json"
-    path.write_text(json.dumps(TINY_OPENCLIP_CFG))
-    open_clip.add_model_config(path)
+    with tempfile.TemporaryDirectory(prefix="emi_openclip_cfg_") as folder:  # read at once, then removed
+        path = Path(folder) / f"{TINY_OPENCLIP_MODEL}.json"
+        path.write_text(json.dumps(TINY_OPENCLIP_CFG))
+        open_clip.add_model_config(path)
     if TINY_OPENCLIP_MODEL not in open_clip.list_models():  # pragma: no cover - open_clip API change
         raise RuntimeError(f"could not register {TINY_OPENCLIP_MODEL} with open_clip")
 

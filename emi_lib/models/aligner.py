@@ -33,17 +33,8 @@ Loss: the symmetric InfoNCE of CLIP, with open_clip's own ``ClipLoss``, over a b
 with the raw ``logit_scale`` a learnable scalar initialised at :math:`\log(1/0.07)` and clamped to
 :math:`[0, \log 100]` after every optimiser step, as open_clip's training loop does.
 
-Label-aware negatives (ours, option ``label_aware``): in emotion data many clips share nearly the
-same label vector, and InfoNCE would push them apart as negatives. :class:`LabelAwareClipLoss`
-masks out of both softmax denominators every off-diagonal pair (i, j) whose label vectors are
-within ``label_aware_threshold``: they are neither positives nor negatives,
-
-.. math::
-
-    \mathcal L_i = -s\,v_i^\top u_i + \log \sum_{j:\ j = i \ \lor\ d(y_i, y_j) > \delta} \exp(s\, v_i^\top u_j),
-
-with :math:`d` the mean absolute difference (``"l1"``) or the cosine distance (``"cosine"``).
-With no pair within the threshold it is exactly ``ClipLoss``.
+Label-aware negatives (ours, option ``label_aware``): :mod:`emi_lib.models.clip_loss`. The losses live there,
+so that importing the aligner (and the configs built on it) does not import open_clip.
 """
 
 from __future__ import annotations
@@ -55,7 +46,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss
 from torch import nn
 
 from emi_lib.features.store import valid_steps
@@ -210,62 +200,3 @@ class ModalityTextAligner(nn.Module):
     def clamp_logit_scale(self) -> None:
         """Clamp the raw logit scale to [0, max_logit_scale] (call after every optimiser step)."""
         self.logit_scale.clamp_(0, self.cfg.max_logit_scale)
-
-
-def label_distance(labels: torch.Tensor, metric: str = "l1") -> torch.Tensor:
-    """(B, 6) label vectors -> (B, B) distances: mean |y_i - y_j| (``"l1"``) or 1 - cos (``"cosine"``).
-
-    For the cosine, an all-zero label vector has distance 0 to another all-zero one and 1 to any
-    other vector (the cosine is undefined there; ours)."""
-    y = labels.float()
-    if metric == "l1":
-        return (y[:, None, :] - y[None, :, :]).abs().mean(-1)
-    if metric == "cosine":
-        norm = y.norm(dim=-1)
-        d = 1.0 - F.normalize(y, dim=-1) @ F.normalize(y, dim=-1).T
-        zero = norm <= 1e-12
-        d = torch.where(zero[:, None] | zero[None, :], torch.ones_like(d), d)
-        return torch.where(zero[:, None] & zero[None, :], torch.zeros_like(d), d)
-    raise ValueError(f"unknown label distance {metric!r}; choose one of {LABEL_DISTANCES}")
-
-
-class LabelAwareClipLoss(ClipLoss):
-    """``ClipLoss`` whose denominators skip off-diagonal pairs with near-identical labels (module docstring).
-
-    ``forward(image_features, text_features, logit_scale, labels=None, output_dict=False)``; without
-    labels, or with no pair within the threshold, the result equals ``ClipLoss`` exactly."""
-
-    def __init__(self, threshold: float = 0.05, metric: str = "l1", **kwargs):
-        super().__init__(**kwargs)
-        if metric not in LABEL_DISTANCES:
-            raise ValueError(f"unknown label distance {metric!r}; choose one of {LABEL_DISTANCES}")
-        self.threshold = float(threshold)
-        self.metric = metric
-        self.last_masked_pairs = 0  # off-diagonal pairs masked in the last call (diagnostic)
-
-    def positive_mask(self, labels: torch.Tensor) -> torch.Tensor:
-        """(B, B) bool, True for i != j whose labels are within the threshold."""
-        close = label_distance(labels, self.metric) <= self.threshold
-        return close & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-
-    def forward(self, image_features, text_features, logit_scale, labels=None, logit_bias=None, output_dict=False):
-        if labels is None:
-            return super().forward(image_features, text_features, logit_scale, logit_bias, output_dict)
-        if self.world_size > 1:
-            raise NotImplementedError("label-aware negatives are implemented for a single process only")
-        logits_per_image, logits_per_text = self.get_logits(image_features, text_features, logit_scale, logit_bias)
-        masked = self.positive_mask(labels.to(image_features.device))
-        self.last_masked_pairs = int(masked.sum())
-        # masked is symmetric, so the same mask serves both directions
-        logits_per_image = logits_per_image.masked_fill(masked, float("-inf"))
-        logits_per_text = logits_per_text.masked_fill(masked, float("-inf"))
-        gt = self.get_ground_truth(image_features.device, logits_per_image.shape[0])
-        total = (F.cross_entropy(logits_per_image, gt) + F.cross_entropy(logits_per_text, gt)) / 2
-        return {"contrastive_loss": total} if output_dict else total
-
-
-def build_loss(cfg: AlignerConfig) -> ClipLoss:
-    """open_clip's ``ClipLoss``, or :class:`LabelAwareClipLoss` when ``cfg.label_aware``."""
-    if cfg.label_aware:
-        return LabelAwareClipLoss(cfg.label_aware_threshold, cfg.label_aware_metric)
-    return ClipLoss()

@@ -43,7 +43,6 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss
 from torch import nn
 
 from emi_lib.distributed import resolve_device
@@ -160,7 +159,15 @@ def setup(cfg: FinetuneConfig, n_steps: int):
     warm = min(cfg.warmup_steps, max(n_steps - 1, 0))
     cosine = lambda s: 0.5 * (1 + math.cos(math.pi * (s - warm) / max(n_steps - warm, 1)))  # noqa: E731
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / warm if s < warm else cosine(s))
-    return model, opt, sched, ClipLoss()
+    return model, opt, sched, _clip_loss()
+
+
+def _clip_loss():
+    """open_clip's ``ClipLoss``, imported when a loss is built: open_clip's package import costs seconds, and
+    :class:`FinetuneConfig` is read by every config (stage 2 included) without it."""
+    from open_clip.loss import ClipLoss
+
+    return ClipLoss()
 
 
 def train_one_epoch(model, frames, text, ids, opt, sched, loss_fn, rng: np.random.Generator) -> float:
@@ -207,7 +214,7 @@ def evaluate(model: FinetuneModel, frames: dict, text: dict, text_keys: dict | N
     bs, loss, n = model.cfg.batch_size, 0.0, 0
     for b in (slice(s, s + bs) for s in range(0, len(ids), bs)):
         if len(ids[b]) > 1:  # a one-pair batch has no negatives
-            loss += float(ClipLoss()(v[b], u[b], model.logit_scale.exp())) * len(ids[b])
+            loss += float(_clip_loss()(v[b], u[b], model.logit_scale.exp())) * len(ids[b])
             n += len(ids[b])
     keys = [text_keys[i] for i in ids] if text_keys else None
     rec = retrieval_recall(v.cpu().numpy(), u.cpu().numpy(), text_keys=keys)

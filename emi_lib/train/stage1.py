@@ -51,7 +51,8 @@ from tqdm.auto import tqdm
 from emi_lib.constants import EMOTIONS, clip_key
 from emi_lib.eval.retrieval import retrieval_recall
 from emi_lib.features.store import valid_steps
-from emi_lib.models.aligner import AlignerConfig, ModalityTextAligner, build_loss
+from emi_lib.models.aligner import AlignerConfig, ModalityTextAligner
+from emi_lib.models.clip_loss import build_loss
 from emi_lib.models.padding import pad_batch
 from emi_lib.train.buckets import length_batches
 
