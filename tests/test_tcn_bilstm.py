@@ -107,6 +107,31 @@ def test_bilstm_shapes_and_gate_range():
     assert torch.all(g[~mask] == 0) and torch.all(y[~mask] == 0)
 
 
+@pytest.mark.parametrize("layers", [1, 2])
+def test_bilstm_recurrence_equals_a_packed_lstm_values_and_gradients(layers):
+    """The padded recurrence with per-clip reversal is the packed bidirectional LSTM (the reference)."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    torch.manual_seed(0)
+    lstm = GatedBiLSTM(6, hidden=5, num_layers=layers, dropout=0.0)
+    lengths = torch.tensor([9, 3, 6, 1])
+    mask = _mask(lengths.tolist(), 9)
+    x = torch.randn(4, 9, 6).masked_fill(~mask.unsqueeze(-1), 0.0)
+    ours = lstm._recurrence(x, lengths) * mask.unsqueeze(-1)
+    packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+    ref, _ = pad_packed_sequence(lstm.lstm(packed)[0], batch_first=True, total_length=9)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-5)
+    grads = []
+    for out in (ours, ref):
+        lstm.zero_grad()
+        (out ** 2).sum().backward(retain_graph=True)
+        grads.append({n: q.grad.clone() for n, q in lstm.lstm.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[0][n], grads[1][n], rtol=1e-4, atol=1e-5, msg=n)
+    assert set(lstm.state_dict()) == {f"lstm.{n}" for n, _ in lstm.lstm.named_parameters()} | \
+        {"proj.weight", "gate.weight", "gate.bias"}  # the packed version's checkpoint keys
+
+
 def test_bilstm_padding_and_batch_do_not_change_a_clip():
     torch.manual_seed(0)
     lstm = GatedBiLSTM(4, hidden=5, out_dim=3, dropout=0.2).eval()

@@ -15,12 +15,16 @@ the model pass the recurrent summary only at the steps (and in the channels) whe
 acoustic evidence is informative, e.g. close a noisy step. ``gate=False`` gives the ablation
 :math:`y_t = U h_t`.
 
-Variable lengths: the sequence is packed (``pack_padded_sequence(..., enforce_sorted=False)``),
-so the backward direction of a clip starts at its own last valid step and padding never enters
-the recurrence. The mask must be a *prefix* mask (valid steps first, as the collate produces);
-anything else raises. A zero-length clip (all-False mask: the modality is missing) is run
-internally as one step of zeros (packing refuses length 0) and its outputs and gates are then
-masked to exactly 0.
+Variable lengths: each direction runs over the padded batch, and the backward direction reads every
+clip reversed *within its own length* (a gather), so it starts at the clip's own last valid step and
+padding never enters the recurrence of a valid step: the outputs at valid steps are those of a packed
+sequence (``pack_padded_sequence``; equal to 3e-7 in the tests), and padded steps are masked to 0. Both
+directions use the parameters of one bidirectional ``nn.LSTM`` (``torch.func.functional_call`` on a
+one-direction template), so checkpoints are those of the packed version. Why not pack: on the CPU a
+packed LSTM's backward pass costs about 2.5x more (measured: batch 32, 100 steps, 193-d input, H = 32:
+0.098 s against 0.040 s forward + backward). The mask must be a *prefix* mask (valid steps first, as the
+collate produces); anything else raises. A zero-length clip (all-False mask: the modality is missing)
+runs over zeros and its outputs and gates are masked to exactly 0.
 
 Choices that are ours, all constructor arguments: hidden size H, number of layers, dropout
 between LSTM layers and on the output, the gate's inputs, ``out_dim``.
@@ -30,7 +34,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.func import functional_call
 
 
 def lengths_from_mask(mask: torch.Tensor, check_prefix: bool = True) -> torch.Tensor:
@@ -44,6 +48,15 @@ def lengths_from_mask(mask: torch.Tensor, check_prefix: bool = True) -> torch.Te
                 "mask must be a prefix mask (valid steps first, then padding) for packed sequences"
             )
     return lengths
+
+
+def reverse_within_lengths(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """(B, T, D) -> each row's first ``lengths[b]`` steps in reverse order, padded steps left in place.
+    Its own inverse."""
+    t = x.shape[1]
+    steps = torch.arange(t, device=x.device).unsqueeze(0)
+    idx = torch.where(steps < lengths.unsqueeze(1), lengths.unsqueeze(1) - 1 - steps, steps)
+    return torch.gather(x, 1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 class GatedBiLSTM(nn.Module):
@@ -89,6 +102,25 @@ class GatedBiLSTM(nn.Module):
             nn.Linear(2 * self.hidden + self.input_dim, self.out_dim) if self.use_gate else None
         )  # W, b
         self.drop = nn.Dropout(dropout)
+        # one-direction, one-layer LSTMs whose parameters are swapped for this module's (never registered:
+        # they hold no state of their own): layer 0 reads the input, later layers both directions' outputs
+        self._templates = (nn.LSTM(self.input_dim, self.hidden, batch_first=True),
+                           nn.LSTM(2 * self.hidden, self.hidden, batch_first=True))
+
+    def _recurrence(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) with zeros at padding -> (B, T, 2H): the bidirectional LSTM's outputs (module docstring)."""
+        h = x
+        for layer in range(self.lstm.num_layers):
+            if layer > 0:
+                h = nn.functional.dropout(h, self.lstm.dropout, self.training)  # as nn.LSTM between layers
+            template = self._templates[min(layer, 1)]
+            names = [n for n, _ in template.named_parameters()]  # weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0
+            outs = []
+            for suffix, seq in (("", h), ("_reverse", reverse_within_lengths(h, lengths))):
+                params = {n: getattr(self.lstm, n.replace("_l0", f"_l{layer}{suffix}")) for n in names}
+                outs.append(functional_call(template, params, (seq,))[0])
+            h = torch.cat([outs[0], reverse_within_lengths(outs[1], lengths)], dim=-1)
+        return h
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         b, t, _ = x.shape
@@ -98,10 +130,8 @@ class GatedBiLSTM(nn.Module):
         mask = mask.bool()
         lengths = lengths_from_mask(mask)
         x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
-        packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
-        out, _ = self.lstm(packed)
-        h, _ = pad_packed_sequence(out, batch_first=True, total_length=t)  # (B, T, 2H), 0 past each length
         m = mask.unsqueeze(-1).to(x.dtype)
+        h = self._recurrence(x, lengths) * m  # (B, T, 2H), 0 past each length
         y = self.proj(h)
         g = None
         if self.gate is not None:
