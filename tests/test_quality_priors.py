@@ -158,3 +158,14 @@ def test_an_unreadable_crop_is_an_unusable_frame_not_a_lost_clip(tmp_path):
     assert row["face_unreadable"] == 1 and other["face_unreadable"] == 0
     assert row["face_visible_share"] == pytest.approx(other["face_visible_share"] * 3 / 4)  # 3 of 4 usable
     assert row["face_quality"] == pytest.approx(other["face_quality"] * 3 / 4)
+
+
+def test_priors_do_not_depend_on_the_reader_threads(smoke_root):
+    from emi_lib.features.quality import compute_priors
+
+    one = compute_priors(smoke_root, "valid", progress=False, workers=1)
+    three = compute_priors(smoke_root, "valid", progress=False, workers=3)
+    pd.testing.assert_frame_equal(one, three)  # same rows, same order, same values
+    from emi_lib.data import DataRoot
+
+    assert list(one.index) == list(DataRoot(smoke_root).ids("valid"))
