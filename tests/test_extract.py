@@ -292,19 +292,3 @@ def test_an_unreadable_crop_costs_one_masked_step_and_is_reported(tmp_path, enco
 
     assert recorded_failures(store, "vision", "openclip-tiny", ["train", "valid"]) == {"vision/train": rep.failures}
 
-
-def test_audio_in_a_second_process_stores_and_reports_the_same(subset, ref, tmp_path):
-    """``extract_all(processes=2)`` (audio extracted by another process) = one process's features and reports."""
-    dr, ids, lacking = subset
-    ref_store, ref_reps = ref
-    store = FeatureStore(tmp_path / "two")
-    reps = extract_all(dr.root, store, "openclip-tiny", "logmel", None, ["train"], ids=ids, progress=False,
-                       processes=2)
-    assert set(reps) == {"vision/train", "audio/train"}
-    for m in ("vision", "audio"):
-        assert sorted(reps[f"{m}/train"].computed) == sorted(ref_reps[m].computed)
-        assert reps[f"{m}/train"].n_missing == ref_reps[m].n_missing == len(lacking[m])
-        name = ref_reps[m].store_backbone
-        for cid in ref_reps[m].computed:
-            np.testing.assert_allclose(store.read(m, name, "train", cid), ref_store.read(m, name, "train", cid),
-                                       rtol=0, atol=1e-5)

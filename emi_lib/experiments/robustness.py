@@ -33,7 +33,7 @@ CLEAN = dict(occlusion_rate=0.0, missing_frames_rate=0.0, no_face_rate=0.0, nois
 
 #: severity levels (occlusion rates, SNRs in dB) per profile; the clean set is always added. Smoke and demo: the
 #: most severe level of each axis (what the robustness verdict and targets compare with clean): the two
-#: intermediate levels cost the demo 87 s of its 15-minute budget (each level is a regenerated 150-clip test set,
+#: intermediate levels cost the demo 111 s of its 15-minute budget (sweep cell 219 s -> 108 s) (each level is a regenerated 150-clip test set,
 #: extracted and scored). The study keeps them; any notebook run can ask for them (OCCLUSION_LEVELS, SNR_LEVELS).
 LEVELS = {"smoke": {"occlusion": (1.0,), "snr": (-10.0,)},
           "demo": {"occlusion": (1.0,), "snr": (-10.0,)},

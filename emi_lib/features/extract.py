@@ -185,19 +185,13 @@ def extract_split(
 
 def extract_all(root, store, vision_backbone: str | None = None, audio_backbone: str | None = None,
                 text_backbone: str | None = None, splits=None, *, device: str = "cpu", verbose: bool = False,
-                processes: int = 1, **kwargs) -> ExtractionReports:
+                **kwargs) -> ExtractionReports:
     """:func:`extract_split` for every given backbone and split (default: the splits whose CSV
     exists), loading each encoder once. Returns :class:`ExtractionReports`, a dict
     ``{"<modality>/<split>": report}`` whose ``failures`` gathers the failed clips and the clips with
     unreadable frames (JSON-able, for a notebook's ``record``); ``kwargs`` go to :func:`extract_split`
     (``vision_source``, ``text_source``, ``max_frames``, ...). ``verbose`` prints each report's summary as
-    soon as its split is done; failures are printed in any case (one line per split, by extract_split).
-
-    ``processes=2`` with both a vision and an audio backbone extracts the audio in a second process while this
-    one does the vision (their encoders hold the GIL, so threads would not overlap them); the stored features and
-    the reports are the same. Measured on 2 cores, notebook 01's demo extraction (600 clips, face mesh, ComParE
-    + log mel, MiniLM): 124 s against 128 s in one process, as MediaPipe and the crop readers already keep
-    both cores busy; the gain is larger where the cores are not."""
+    soon as its split is done; failures are printed in any case (one line per split, by extract_split)."""
     dr = root if isinstance(root, DataRoot) else DataRoot(root)
     store = store if isinstance(store, FeatureStore) else FeatureStore(store)
     store.bind(dr.root)
@@ -205,39 +199,7 @@ def extract_all(root, store, vision_backbone: str | None = None, audio_backbone:
     if text_backbone and kwargs.get("text_source") == "label_prompt" and "test" in splits:
         raise ValueError("text_source='label_prompt' is refused for the test split; drop 'test' from splits")
     reports = ExtractionReports()
-    audio_job = None
-    if processes >= 2 and vision_backbone and audio_backbone:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-        pool = ProcessPoolExecutor(1, mp_context=ctx)
-        audio_job = pool.submit(extract_all, str(dr.root), str(store.root), None, audio_backbone, None, splits,
-                                device=device, verbose=False, **kwargs)
-        audio_backbone = None  # extracted by the other process
-    try:
-        _extract_each(dr, store, splits, reports, (("vision", vision_backbone), ("audio", audio_backbone),
-                                                   ("text", text_backbone)), device, verbose, kwargs)
-    except BaseException:
-        if audio_job is not None:
-            pool.shutdown(cancel_futures=True)
-        raise
-    if audio_job is not None:
-        try:
-            got = audio_job.result()  # the other process's error is raised here
-        finally:
-            pool.shutdown()
-        reports.update(got)
-        if verbose:
-            for rep in got.values():
-                print(rep.summary(), flush=True)
-    return reports
-
-
-def _extract_each(dr: DataRoot, store: FeatureStore, splits, reports: ExtractionReports, pairs, device: str,
-                  verbose: bool, kwargs: dict) -> None:
-    """:func:`extract_split` for each (modality, backbone) of ``pairs`` and each split, into ``reports``."""
-    for modality, backbone in pairs:
+    for modality, backbone in (("vision", vision_backbone), ("audio", audio_backbone), ("text", text_backbone)):
         if not backbone:
             continue
         encoder = None
@@ -254,6 +216,7 @@ def _extract_each(dr: DataRoot, store: FeatureStore, splits, reports: Extraction
             reports[f"{modality}/{split}"] = rep
             if verbose:
                 print(rep.summary(), flush=True)
+    return reports
 
 
 if __name__ == "__main__":  # the command line lives in emi_lib.features.extract_cli (run, not imported: no cycle)
