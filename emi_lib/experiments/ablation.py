@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import shutil
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -31,6 +30,7 @@ from tqdm.auto import tqdm
 
 from emi_lib.constants import EMOTIONS, clip_key
 from emi_lib.eval.metrics import challenge_score
+from emi_lib.experiments.workers import worker_context
 
 
 @dataclass(frozen=True)
@@ -102,6 +102,13 @@ STUDY_SEEDS = (0, 1, 2, 3, 4)
 def default_seeds(profile: str, study: bool = False) -> list[int]:
     """Model seeds of notebook 03 when ``MODEL_SEEDS`` is None: smoke [0], demo [0, 1, 2], study 5 seeds."""
     return list(STUDY_SEEDS) if study else [0] if profile == "smoke" else [0, 1, 2]
+
+
+def default_workers(profile: str) -> int:
+    """Training (and sweep) processes of notebook 03 when ``WORKERS`` is None: 1 in smoke, where a run trains in
+    about a second and starting a worker process (torch and the library imported again) costs more than it
+    saves; otherwise 2, one torch thread each."""
+    return 1 if profile == "smoke" else 2
 
 
 def default_variants(profile: str) -> list[str]:
@@ -263,8 +270,7 @@ def run_ablation(variants, seeds, sets_by_inputs: dict, eval_split: str, eval_la
             results.append(_train_task(t))
             bar.update()
     else:
-        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=ctx, initializer=_init_worker,
+        with ProcessPoolExecutor(min(workers, len(todo)), mp_context=worker_context(), initializer=_init_worker,
                                  initargs=init) as pool:
             futures = [pool.submit(_train_task, t) for t in todo]
             for f in as_completed(futures):

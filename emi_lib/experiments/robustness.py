@@ -82,8 +82,9 @@ def prepare_sweep_inputs(levels: pd.DataFrame, inputs_by_kind: dict, profile: st
     ``workers`` processes: the levels are independent. Clips whose media are byte-identical to the
     training root's reuse its stored features (:mod:`emi_lib.features.reuse`)."""
     import dataclasses
-    import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
+
+    from emi_lib.experiments.workers import worker_context
 
     slim = {k: dataclasses.replace(v, sets={}, labels={}) for k, v in inputs_by_kind.items()}  # what a level needs
     # store None: each level's derived store (emi_lib.features.store.derived_store), emptied if the level was regenerated
@@ -95,8 +96,7 @@ def prepare_sweep_inputs(levels: pd.DataFrame, inputs_by_kind: dict, profile: st
             out.append(_level_inputs(t))
             bar.update()
     else:
-        ctx = mp.get_context("forkserver" if "forkserver" in mp.get_all_start_methods() else "spawn")
-        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=ctx) as pool:
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=worker_context()) as pool:
             futures = [pool.submit(_level_inputs, t) for t in tasks]
             for f in futures:
                 f.add_done_callback(lambda _f: bar.update())
