@@ -1,7 +1,8 @@
 # Two commands do everything on a fresh machine:
 #   make demo   set up .venv, then run every numbered notebook (profile demo) on SynthMimic
 #   make test   set up .venv, then run the whole test suite (unit tests, papermill and nbval runs) in two
-#               processes (pytest-xdist; each worker has its own runs folder, a test module or notebook runs on one worker: tests/conftest.py)
+#               processes (pytest-xdist; each worker has its own runs folder and both share one data cache,
+#               a test module or notebook runs on one worker: tests/conftest.py)
 #   make docs   render the executed notebooks of runs/demo as pages in docs/notebooks/ (the last step of make demo)
 #   make study  notebook 03's larger study (STUDY=True): SynthMimic "bench" (1000/500/500 clips), 5 model seeds,
 #               notebook 01 first on the same root for the stage-1 arm; hours on 2 CPU cores (README, notebook 03)
@@ -43,6 +44,7 @@ docs: $(STAMP)
 test: $(STAMP)
 	rm -rf $(TEST_RUNS)
 	EMI_PROFILE=smoke EMI_RUNS_DIR=$(abspath $(TEST_RUNS))/nbval EMI_FIGURES_DIR=$(abspath $(TEST_RUNS))/figures \
+	  EMI_CACHE_DIR=$(abspath $(TEST_RUNS))/cache \
 	  HF_HUB_OFFLINE=1 MPLBACKEND=Agg \
 	  $(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder tests --nbval-lax notebooks
 

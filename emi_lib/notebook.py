@@ -18,6 +18,7 @@ from pathlib import Path
 
 from emi_lib.paths import (  # noqa: F401  (the path policy, re-exported for the notebooks)
     PROFILES,
+    cache_root,
     default_profile,
     feature_store_dir,
     figures_dir,

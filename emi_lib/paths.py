@@ -3,8 +3,12 @@
 One module every layer may import (it imports nothing else of ``emi_lib``), so the path policy is written once:
 
 * ``$EMI_PROFILE`` (``smoke`` | ``demo`` | ``full``) is the default profile, ``demo`` when unset;
-* ``$EMI_RUNS_DIR`` or ``<repo>/runs/<profile>`` holds a profile's runs: one folder per notebook, the
-  SynthMimic roots ``synthmimic_<profile>_seed<k>``, the feature stores ``features/<root>-<hash>``;
+* ``$EMI_RUNS_DIR`` or ``<repo>/runs/<profile>`` holds a profile's runs: one folder per notebook;
+* ``$EMI_CACHE_DIR`` or the runs folder holds what is derived from data alone and may be shared by several runs
+  folders (grid runs, the test workers): the SynthMimic roots ``synthmimic_<profile>_seed<k>``, the feature
+  stores ``features/<root>-<hash>`` and the regenerated test sets of the robustness sweep ``robustness/``. Every
+  item in it records what it was made from and is checked on read, and concurrent users wait for each other
+  (a lock per SynthMimic root and per extracted split);
 * ``$EMI_FIGURES_DIR`` or ``<repo>/figures`` is where the canonical demo run publishes (:func:`is_canonical_run`).
 """
 
@@ -40,6 +44,13 @@ def runs_root(profile: str) -> Path:
     return Path(env) if env else repo_root() / "runs" / profile
 
 
+def cache_root(profile: str) -> Path:
+    """Where a profile's data-derived items live (SynthMimic roots, feature stores, sweep test sets):
+    ``$EMI_CACHE_DIR`` or :func:`runs_root`."""
+    env = os.environ.get("EMI_CACHE_DIR")
+    return Path(env) if env else runs_root(profile)
+
+
 def run_dir(profile: str, name: str, override: str | os.PathLike | None = None) -> Path:
     """The run folder of one notebook (created). ``override`` (the ``RUN_DIR`` parameter) wins."""
     path = Path(override) if override else runs_root(profile) / name
@@ -55,18 +66,18 @@ def stage_run_dir(profile: str, notebook_stem: str) -> Path:
 def synth_root(profile: str, seed: int, synth_profile: str | None = None) -> Path:
     """The shared SynthMimic root of a profile and data seed, reused by every notebook of a run
     (profile ``full`` without a data root uses SynthMimic's ``demo`` profile). ``synth_profile`` names another
-    generator profile (``"bench"``: notebook 03's larger study) under the same runs root."""
+    generator profile (``"bench"``: notebook 03's larger study) under the same cache root."""
     gen_profile = synth_profile or ("demo" if profile == "full" else profile)
-    return runs_root(profile) / f"synthmimic_{gen_profile}_seed{seed}"
+    return cache_root(profile) / f"synthmimic_{gen_profile}_seed{seed}"
 
 
 def feature_store_dir(profile: str, data_root: str | os.PathLike) -> Path:
     """The feature store shared by every notebook of a profile for one data root:
-    ``<runs root>/features/<root name>-<hash of its path>``. The store records the data root's fingerprint
+    ``<cache root>/features/<root name>-<hash of its path>`` (:func:`cache_root`). The store records the data root's fingerprint
     (:mod:`emi_lib.data.fingerprint`): a root regenerated in place empties it (:meth:`FeatureStore.bind`)."""
     root = Path(data_root).resolve()
     key = f"{root.name}-{hashlib.sha1(str(root).encode()).hexdigest()[:8]}"
-    return runs_root(profile) / "features" / key
+    return cache_root(profile) / "features" / key
 
 
 def figures_dir() -> Path:

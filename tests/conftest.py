@@ -21,9 +21,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 matplotlib.use("Agg")
 
-# Under pytest-xdist (make test runs two workers) every worker gets its own runs and figures folders: notebooks
-# share a SynthMimic root and a feature store through EMI_RUNS_DIR, and two workers generating or extracting
-# into the same folder at once would race. The nbval kernels inherit this environment.
+# Under pytest-xdist (make test runs two workers) every worker gets its own runs and figures folders (notebook run
+# folders, "auto" stage-1 and model lookups), while the data-derived items are shared through EMI_CACHE_DIR
+# (make test sets it): the SynthMimic smoke root, its feature store and the sweep's test sets are made once, by
+# whichever worker needs them first (the library locks a root while it is generated and a split folder while it
+# is extracted, so the other worker waits and then reuses them). The nbval kernels inherit this environment.
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
 if _WORKER:
     for _var in ("EMI_RUNS_DIR", "EMI_FIGURES_DIR"):
@@ -66,9 +68,14 @@ def one_torch_thread():
 
 @pytest.fixture(scope="session")
 def smoke_root(tmp_path_factory):
-    """A SynthMimic root generated once per test session with the smoke profile, seed 0."""
-    from emi_lib.data.synth import SynthConfig, generate
+    """The SynthMimic root of the smoke profile, seed 0, generated with the default worker count: the notebooks'
+    shared root when ``$EMI_CACHE_DIR`` is set (make test: one root for every test and notebook of both workers;
+    tests copy it before changing anything), else generated once per session in a temporary folder."""
+    from emi_lib.data.synth import SynthConfig, ensure_synthmimic, generate
+    from emi_lib.paths import synth_root
 
+    if os.environ.get("EMI_CACHE_DIR"):
+        return ensure_synthmimic(synth_root("smoke", 0), profile="smoke", seed=0, progress=False)
     out = tmp_path_factory.mktemp("synth_smoke")
     generate(out, SynthConfig.from_profile("smoke", seed=0), progress=False)
     return out

@@ -163,7 +163,7 @@ def test_stage2_two_processes(spawned):
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} >= {"config.json", "checkpoint.pt", "best.pt", "history.csv",
                                                "data_summary.json"}
-    assert not list(run.glob("*.tmp"))
+    assert not list(run.glob("*.tmp*"))
     h0, h1 = (pd.read_csv(tmp_path / f"history{r}.csv") for r in range(WORLD))
     pd.testing.assert_frame_equal(h0.drop(columns="epoch_time_s"), h1.drop(columns="epoch_time_s"))
     pd.testing.assert_frame_equal(pd.read_csv(run / "history.csv").drop(columns="epoch_time_s"),

@@ -469,6 +469,7 @@ def test_resolve_model_reuses_a_run_of_the_same_inputs_else_trains(tmp_path, inp
     from emi_lib.paths import model_run_dir, stage_run_dir
 
     monkeypatch.setenv("EMI_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("EMI_CACHE_DIR", raising=False)  # its stores in this test's runs folder, not the shared cache
     root_a, root_b = _fake_root(tmp_path / "root_a", 0), _fake_root(tmp_path / "root_b", 1)
     mine = _with_provenance(inputs, root_a)
     model, source, why = resolve_model("smoke", mine, tmp_path / "a", seed=0)

@@ -135,7 +135,7 @@ def test_resume_after_interruption(subset, ref, encoders, tmp_path):
     assert sorted(rep.existing) == sorted(first) and sorted(rep.computed) == sorted(todo)
     assert again.calls == len(todo)  # the earlier clips were not recomputed
     assert again.frames == sum(_n_crops(dr, "train", c) for c in todo)
-    assert rep.cleaned_tmp == 1 and not list(folder.glob("*.tmp"))
+    assert rep.cleaned_tmp == 1 and not list(folder.glob("*.tmp*"))
     assert all(store.path("vision", "openclip-tiny", "train", c).stat().st_mtime_ns == t for c, t in mtimes.items())
     assert store.done_ids("vision", "openclip-tiny", "train") == set(with_faces)
     for cid in with_faces:  # per-clip (batch_clips=1) == batched (reference, batch_clips=8)

@@ -73,6 +73,7 @@ def test_a_store_of_another_root_is_refused_naming_both(tmp_path):
 
 def test_a_regenerated_root_empties_its_derived_store_and_priors(tmp_path, monkeypatch):
     monkeypatch.setenv("EMI_RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.delenv("EMI_CACHE_DIR", raising=False)  # its stores in this test's runs folder, not the shared cache
     root = _fake_synth(tmp_path / "root", seed=0, n_train=4)
     store = derived_store("smoke", root)
     store.write("audio", "fake", "train", "00000", np.ones((2, 3)))

@@ -123,7 +123,7 @@ def test_run_folder_and_history(run_a):
     run, model, hist = run_a
     for name in ("config.json", "checkpoint.pt", "best.pt", "history.csv", "data_summary.json"):
         assert (run / name).exists(), name
-    assert not list(run.glob("*.tmp"))
+    assert not list(run.glob("*.tmp*"))
     assert Stage2Config.from_json(run / "config.json") == tiny_cfg()
     ck = torch.load(run / "checkpoint.pt", weights_only=True)
     assert ck["finished"] and ck["epoch"] == 3 and len(ck["history"]) == 3

@@ -65,7 +65,7 @@ def test_write_validate_and_score_a_good_submission(root):
     assert [int(r.split(",")[0]) for r in lines[1:]] == TEST_IDS  # sorted, integer ids
     sub = validate_submission(path, root)
     assert sub.to_numpy().min() >= 0 and sub.to_numpy().max() <= 1  # clipped
-    assert not list(root.glob("*.tmp"))
+    assert not list(root.glob("*.tmp*"))
     score = score_submission(path, root)
     expected = challenge_score(pred.clip(0, 1).loc[sub.index], hidden(root).loc[sub.index])
     assert score["n"] == 12 and math.isclose(score["mean"], expected["mean"], rel_tol=1e-5)

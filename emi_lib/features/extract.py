@@ -49,8 +49,9 @@ decoding) runs ``workers`` clips ahead in a thread while the encoder works.
 Resume: clips already in the store (:meth:`FeatureStore.done_ids`) are skipped, so a killed run
 continues where it stopped. :meth:`FeatureStore.write` is atomic (``<id>.npy.tmp`` then rename),
 so a half-written clip is never read as complete; a leftover ``.tmp`` is ignored by readers,
-overwritten when its clip is redone, and removed at the start of a run if older than
-``STALE_TMP_S`` (a fresh one may belong to a concurrent run; run one extraction per folder).
+overwritten when its clip is redone, and removed at the start of a run if older than ``STALE_TMP_S``.
+Two processes extracting the same split folder of a shared store take turns (a lock file per folder,
+:func:`~emi_lib.features.extract_job.split_lock`): the second finds the first one's clips stored and skips them.
 
 At the end each run writes ``<store>/<modality>/<key>/<split>/_meta.json``: backbone, key, dim,
 frame rate, settings, number of clips in the split / stored / missing / failed, the missing
@@ -89,6 +90,7 @@ from emi_lib.features.extract_job import (
     input_settings,
     open_source,
     plan_job,
+    split_lock,
 )
 from emi_lib.features.extract_report import (
     ExtractionReport,
@@ -174,13 +176,14 @@ def extract_split(
                 for p, e in zip(parts, encoders)]
         return merge_part_reports(backbone, name, reps)
     job = SplitJob(dr, split, store, modality, backbone, name, {**opts, "max_batch_frames": max_batch_frames})
-    plan_job(job, ids, reuse_from)
-    settings = input_settings(job)
-    t0 = time.perf_counter()  # loading the backbone counts
-    source = open_source(job, encoder, device)
-    encode_clips(job, source, on_error, batch_clips, workers, progress)
-    job.rep.seconds = time.perf_counter() - t0
-    return finish_job(job, settings, source.time_axis if job.todo else "")
+    with split_lock(job.folder):  # a concurrent extraction of this folder finishes first (then its clips are skipped)
+        plan_job(job, ids, reuse_from)
+        settings = input_settings(job)
+        t0 = time.perf_counter()  # loading the backbone counts
+        source = open_source(job, encoder, device)
+        encode_clips(job, source, on_error, batch_clips, workers, progress)
+        job.rep.seconds = time.perf_counter() - t0
+        return finish_job(job, settings, source.time_axis if job.todo else "")
 
 
 def extract_all(root, store, vision_backbone: str | None = None, audio_backbone: str | None = None,

@@ -6,11 +6,12 @@ failure line). :class:`SplitJob` carries what the phases share.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import sys
 import time
-from contextlib import closing
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,28 @@ def stored_dim(folder: Path) -> int | None:
         except Exception:  # an unreadable stored file: the next one decides
             continue
     return None
+
+
+#: the lock file of a split folder (:func:`split_lock`)
+LOCK_NAME = ".extract.lock"
+
+
+@contextmanager
+def split_lock(folder: Path):
+    """One extraction of a store folder at a time: two notebooks or grid runs that share a store (a cache
+    folder, :func:`emi_lib.paths.cache_root`) and ask for the same split at once would encode every clip twice,
+    and one could clean the other's files in flight. The second waits, then finds the first one's clips stored
+    and skips them. Under torchrun the ranks share a folder's work (each encodes its shard, barriers order
+    them), so they take no lock."""
+    from emi_lib.distributed import rank_world  # here: importing the module needs no torch
+
+    if rank_world()[1] > 1:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_NAME, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 def clean_stale_tmp(folder: Path) -> int:

@@ -19,7 +19,9 @@ the concatenation when every part holds it. This applies to the raw backbone mod
 own key whatever it contains.
 
 Writes are atomic (``<id>.npy.tmp`` then :func:`os.replace`): a killed extraction never leaves
-a half-written clip that a reader would take as complete, and a rerun skips finished clips.
+a half-written clip that a reader would take as complete, and a rerun skips finished clips. A store may be
+shared by several processes (:func:`emi_lib.paths.cache_root`): extraction and re-exports write a split
+folder under its lock (:func:`emi_lib.features.extract_job.split_lock`).
 
 **Provenance.** ``<root>/store.json`` records the data root the features were made from and its
 fingerprint (:mod:`emi_lib.data.fingerprint`). :meth:`FeatureStore.bind` checks it before any extraction
@@ -31,11 +33,13 @@ priors tables ``priors/<split>.csv``, stage-1 exports) shares that record.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -175,6 +179,17 @@ class FeatureStore:
         rec = self.provenance()
         if rec is not None and same_root(rec.get("data"), fp):
             return self
+        # about to record or empty: under a lock, so that two processes binding a new (or changed) shared store
+        # at once neither empty each other's first files nor both reset it; then look again
+        self.root.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.root.parent / f".{self.root.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self._bind_locked(fp, on_mismatch)
+
+    def _bind_locked(self, fp: dict, on_mismatch: str) -> FeatureStore:
+        rec = self.provenance()
+        if rec is not None and same_root(rec.get("data"), fp):
+            return self
         if rec is None and not self._has_content():
             self._record(fp)
             return self
@@ -211,9 +226,11 @@ class FeatureStore:
         folder.mkdir(parents=True, exist_ok=True)
         meta = folder.parent / "backbone.json"
         if not meta.exists():
-            meta.write_text(json.dumps({"backbone": backbone, "modality": modality}))
+            tmp_meta = folder.parent / f"backbone.json.tmp{os.getpid()}-{threading.get_ident()}"
+            tmp_meta.write_text(json.dumps({"backbone": backbone, "modality": modality}))
+            os.replace(tmp_meta, meta)
         final = folder / f"{cid}.npy"
-        tmp = folder / f"{cid}.npy.tmp"
+        tmp = folder / f"{cid}.npy.tmp"  # one writer per folder: extraction and re-exports hold its lock
         with open(tmp, "wb") as fh:
             np.save(fh, arr, allow_pickle=False)
             fh.flush()

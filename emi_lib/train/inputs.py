@@ -43,10 +43,12 @@ from emi_lib.data import DataRoot
 from emi_lib.data.fingerprint import ProvenanceError, check_same_root, root_fingerprint
 from emi_lib.features.backbones import DEFAULT_BACKBONES
 from emi_lib.features.extract import extract_all, recorded_failures
+from emi_lib.features.extract_job import split_lock
 from emi_lib.features.extract_report import failure_line
 from emi_lib.features.quality import compute_priors
 from emi_lib.features.store import FeatureStore, derived_store, valid_steps
 from emi_lib.paths import stage_run_dir
+from emi_lib.train.checkpoint import atomic_write_text
 from emi_lib.train.data import Stage2Data, media_absent, stream_media
 from emi_lib.train.standardize import Standardizer  # noqa: F401  (re-exported: the inputs' z-scoring)
 
@@ -347,17 +349,20 @@ def inputs_for_root(new_root: str | os.PathLike, like: Stage2Inputs, profile: st
             source = {"stage1_outputs": str(like.stage1.path), "split": split,
                       "checkpoint_sha1": hashlib.sha1(Path(ckpt).read_bytes()).hexdigest()}
             record = raw_store.folder(mod, key, split) / "_source.json"
-            if (record.exists() and json.loads(record.read_text()) == source
-                    and raw_store.done_ids(mod, key, split) >= set(data.ids(split))):
-                continue  # already exported for this root by this aligner
-            aligner, acfg = load_aligner(ckpt)
-            got = raw_store.load_split(*like.raw_streams[m], split)
-            # every clip, as notebook 01 exports it: a clip without frames -> (0, D) -> empty aligned sequence
-            feats = {cid: got.get(cid, np.zeros((0, acfg.in_dim), np.float32)) for cid in data.ids(split)}
-            with torch.no_grad():
-                write_aligned(raw_store, export_aligned(aligner, feats), mod, key, split,
-                              clip_modality=f"{m}_aligned_clip")
-            record.write_text(json.dumps(source, indent=1))
+            # the store may be shared (a cache folder): one re-export of this folder at a time, the second finds it done
+            with split_lock(raw_store.folder(mod, key, split)), \
+                    split_lock(raw_store.folder(f"{m}_aligned_clip", key, split)):
+                if (record.exists() and json.loads(record.read_text()) == source
+                        and raw_store.done_ids(mod, key, split) >= set(data.ids(split))):
+                    continue  # already exported for this root by this aligner
+                aligner, acfg = load_aligner(ckpt)
+                got = raw_store.load_split(*like.raw_streams[m], split)
+                # every clip, as notebook 01 exports it: a clip without frames -> (0, D) -> empty aligned sequence
+                feats = {cid: got.get(cid, np.zeros((0, acfg.in_dim), np.float32)) for cid in data.ids(split)}
+                with torch.no_grad():
+                    write_aligned(raw_store, export_aligned(aligner, feats), mod, key, split,
+                                  clip_modality=f"{m}_aligned_clip")
+                atomic_write_text(json.dumps(source, indent=1), record)
     d = build_split(new_root, raw_store, streams, split, ids=data.ids(split), with_raw=like.with_raw,
                     text_pair=like.text_pair,
                     media=_media({**like.raw_streams, **({"text": like.text_pair} if like.text_pair else {})}),
