@@ -292,3 +292,42 @@ def test_an_unreadable_crop_costs_one_masked_step_and_is_reported(tmp_path, enco
 
     assert recorded_failures(store, "vision", "openclip-tiny", ["train", "valid"]) == {"vision/train": rep.failures}
 
+
+
+def test_two_extractions_of_one_shared_split_take_turns(subset, ref, encoders, tmp_path):
+    """Two runs sharing a store (a cache folder) extract the same split at once: the split folder's lock makes the
+    second wait and then skip every clip the first stored, so no clip is encoded twice, and both end with the
+    same, complete folder."""
+    import threading
+
+    dr, ids, lacking = subset
+    with_faces = [c for c in ids if c not in lacking["vision"]]
+    store = FeatureStore(tmp_path / "shared")
+    first_inside = threading.Event()
+
+    class Slow(CrashingEncoder):  # holds the lock long enough for the other thread to arrive
+        def encode_frames(self, frames):
+            first_inside.set()
+            time.sleep(0.05)
+            return super().encode_frames(frames)
+
+    encs, reports = [Slow(encoders["vision"]), Slow(encoders["vision"])], [None, None]
+
+    def run(k):
+        reports[k] = extract_split(dr, "train", store, "vision", "openclip-tiny", ids=ids, encoder=encs[k],
+                                   batch_clips=1, progress=False)
+
+    a = threading.Thread(target=run, args=(0,))
+    a.start()
+    assert first_inside.wait(60)  # the first run is encoding, inside the folder's lock
+    b = threading.Thread(target=run, args=(1,))
+    b.start()
+    a.join(120)
+    b.join(120)
+    assert encs[0].calls == len(with_faces) and encs[1].calls == 0  # every clip encoded once, by the first
+    assert sorted(reports[0].computed) == sorted(with_faces) and sorted(reports[1].existing) == sorted(with_faces)
+    assert store.done_ids("vision", "openclip-tiny", "train") == set(with_faces)
+    ref_store, _ = ref
+    for cid in with_faces:  # the same features as an extraction alone (per clip vs batched: atol as above)
+        np.testing.assert_allclose(store.read("vision", "openclip-tiny", "train", cid),
+                                   ref_store.read("vision", "openclip-tiny", "train", cid), atol=1e-4)
