@@ -29,17 +29,29 @@ single-process score on the same predictions.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
-import torch
 
 from emi_lib.constants import EMOTIONS
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DistContext", "all_gather_object", "all_gather_with_grad", "barrier", "broadcast_object", "cleanup", "context",
            "gather_predictions", "init_distributed", "is_initialized", "rank_world", "resolve_device",
            "shard_ids"]
+
+
+def _torch():
+    """torch, imported on first use: evaluation (the metric, its gather) and data inspection import this module
+    without needing torch, which costs a notebook kernel or CLI process about 3 s to import."""
+    import torch
+
+    return torch
 
 
 @dataclass(frozen=True)
@@ -49,7 +61,7 @@ class DistContext:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: object = "cpu"  # a torch.device under a process group; "cpu" (str) in a one-process context
     backend: str | None = None  # None: no process group (one process)
 
     @property
@@ -62,6 +74,9 @@ class DistContext:
 
 
 def is_initialized() -> bool:
+    torch = sys.modules.get("torch")  # a process that never imported torch has no process group
+    if torch is None:
+        return False
     d = torch.distributed
     return d.is_available() and d.is_initialized()
 
@@ -70,6 +85,7 @@ def context() -> DistContext:
     """The context of the current process group (world 1 when none is initialised)."""
     if not is_initialized():
         return DistContext()
+    torch = _torch()
     d = torch.distributed
     backend = d.get_backend()
     local = int(os.environ.get("LOCAL_RANK", 0))
@@ -90,6 +106,7 @@ def resolve_device(device: str | torch.device = "auto", rank: int | None = None,
     the current group's) ``"auto"`` and ``"cuda"`` mean this process's own GPU, ``cuda:LOCAL_RANK`` (set by
     torchrun; ``rank`` without it) modulo the visible GPUs. Anything else (``"cpu"``, ``"cuda:1"``, a
     ``torch.device``) is taken as given."""
+    torch = _torch()
     if isinstance(device, torch.device):
         return device
     if device == "auto" and not torch.cuda.is_available():
@@ -112,6 +129,7 @@ def init_distributed(backend: str | None = None, device: str = "auto", timeout_s
     or with ``WORLD_SIZE=1`` no group is created: a one-process context. Calling it twice is harmless."""
     import datetime
 
+    torch = _torch()
     if is_initialized():
         return context()
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -133,12 +151,13 @@ def cleanup(wait: bool = True) -> None:
     if is_initialized():
         if wait:
             barrier()
-        torch.distributed.destroy_process_group()
+        _torch().distributed.destroy_process_group()
 
 
 def barrier() -> None:
     """``torch.distributed.barrier()`` when a group is initialised, else nothing."""
-    if is_initialized() and torch.distributed.get_world_size() > 1:
+    if is_initialized() and _torch().distributed.get_world_size() > 1:
+        torch = _torch()
         if torch.distributed.get_backend() == "nccl":
             torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
         else:
@@ -147,8 +166,9 @@ def barrier() -> None:
 
 def all_gather_object(obj) -> list:
     """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` without a group."""
-    if not is_initialized() or torch.distributed.get_world_size() <= 1:
+    if not is_initialized() or _torch().distributed.get_world_size() <= 1:
         return [obj]
+    torch = _torch()
     out = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, obj)
     return out
@@ -156,8 +176,9 @@ def all_gather_object(obj) -> list:
 
 def broadcast_object(obj, src: int = 0):
     """Rank ``src``'s ``obj`` on every rank (the argument is ignored elsewhere); ``obj`` without a group."""
-    if not is_initialized() or torch.distributed.get_world_size() <= 1:
+    if not is_initialized() or _torch().distributed.get_world_size() <= 1:
         return obj
+    torch = _torch()
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=src)
     return box[0]
@@ -167,8 +188,9 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Every rank's ``x`` concatenated along dim 0 in rank order (equal shapes on all ranks); the
     other ranks' parts are constants, this rank's part is ``x`` itself, so the gradient flows into
     the local part only (each rank back-propagates through its own samples; DDP sums the rest)."""
-    if not is_initialized() or torch.distributed.get_world_size() <= 1:
+    if not is_initialized() or _torch().distributed.get_world_size() <= 1:
         return x
+    torch = _torch()
     parts = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size())]
     torch.distributed.all_gather(parts, x.detach().contiguous())
     parts[torch.distributed.get_rank()] = x
