@@ -8,13 +8,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from open_clip.loss import ClipLoss
 
 from emi_lib.models.aligner import AlignerConfig, ModalityTextAligner
-from emi_lib.models.clip_loss import LabelAwareClipLoss, build_loss, label_distance
 from emi_lib.models.padding import pad_batch
 
 D, DT = 10, 12
+
+
+def _losses():
+    """open_clip's ClipLoss and ours, imported by the tests that use them: importing open_clip costs each test
+    worker about 3 s, and collection imports every test module."""
+    from open_clip.loss import ClipLoss
+
+    from emi_lib.models.clip_loss import LabelAwareClipLoss, build_loss, label_distance
+
+    return ClipLoss, LabelAwareClipLoss, build_loss, label_distance
 
 
 def _feats(b=8, e=16, seed=0):
@@ -29,6 +37,7 @@ def _model(**kw) -> ModalityTextAligner:
 
 
 def test_clip_loss_is_symmetric():
+    ClipLoss, LabelAwareClipLoss, build_loss, label_distance = _losses()
     v, t = _feats()
     loss = ClipLoss()
     s = torch.tensor(14.3)
@@ -36,6 +45,7 @@ def test_clip_loss_is_symmetric():
 
 
 def test_aligned_batch_beats_shuffled():
+    ClipLoss, LabelAwareClipLoss, build_loss, label_distance = _losses()
     v, _ = _feats(b=16)
     loss = ClipLoss()
     s = torch.tensor(1 / 0.07)
@@ -45,6 +55,7 @@ def test_aligned_batch_beats_shuffled():
 
 
 def test_forward_feeds_clip_loss_and_init_scale():
+    ClipLoss, LabelAwareClipLoss, build_loss, label_distance = _losses()
     m = _model()
     x, mask = pad_batch([np.random.default_rng(i).normal(size=(3 + i, D)) for i in range(6)])
     t = torch.randn(6, DT)
@@ -57,6 +68,7 @@ def test_forward_feeds_clip_loss_and_init_scale():
 
 @pytest.mark.parametrize("start, expected", [(math.log(1000), math.log(100)), (-1.0, 0.0)])
 def test_temperature_clamp_after_step(start, expected):
+    ClipLoss, LabelAwareClipLoss, build_loss, label_distance = _losses()
     m = _model()
     m.train()
     with torch.no_grad():
@@ -71,6 +83,7 @@ def test_temperature_clamp_after_step(start, expected):
 
 
 def test_label_aware_equals_clip_loss_without_near_duplicates():
+    ClipLoss, LabelAwareClipLoss, build_loss, label_distance = _losses()
     v, t = _feats(b=6)
     s = torch.tensor(10.0)
     labels = torch.eye(6)  # pairwise mean-L1 distance 1/3 > threshold
@@ -82,6 +95,7 @@ def test_label_aware_equals_clip_loss_without_near_duplicates():
 
 
 def test_label_aware_lower_with_duplicates():
+    ClipLoss, LabelAwareClipLoss, build_loss, label_distance = _losses()
     v, t = _feats(b=6)
     s = torch.tensor(10.0)
     labels = torch.eye(6)
@@ -99,6 +113,7 @@ def test_label_aware_lower_with_duplicates():
 
 
 def test_label_distance_cosine_handles_zero_rows():
+    ClipLoss, LabelAwareClipLoss, build_loss, label_distance = _losses()
     y = torch.tensor([[0.0] * 6, [0.0] * 6, [1.0, 0, 0, 0, 0, 0], [2.0, 0, 0, 0, 0, 0]])
     d = label_distance(y, "cosine")
     assert d[0, 1] == 0 and d[0, 2] == 1 and abs(float(d[2, 3])) < 1e-6

@@ -45,14 +45,12 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 import torch
-from open_clip.loss import ClipLoss
 from tqdm.auto import tqdm
 
 from emi_lib.constants import EMOTIONS, clip_key
 from emi_lib.eval.retrieval import retrieval_recall
 from emi_lib.features.store import valid_steps
 from emi_lib.models.aligner import AlignerConfig, ModalityTextAligner
-from emi_lib.models.clip_loss import build_loss
 from emi_lib.models.padding import pad_batch
 from emi_lib.train.buckets import length_batches
 
@@ -102,6 +100,8 @@ def encode_dataset(model: ModalityTextAligner, feats: dict, ids, text: dict | No
 def _val_loss(model, feats, text, ids, batch_size: int, max_steps) -> float:
     model.eval()
     dev = next(model.parameters()).device
+    from open_clip.loss import ClipLoss  # here: open_clip's import costs seconds, exporting needs none of it
+
     loss_fn, total, n = ClipLoss(), 0.0, 0
     for s in range(0, len(ids), batch_size):
         b = ids[s : s + batch_size]
@@ -239,6 +239,8 @@ def train_aligner(cfg: AlignerConfig, train_feats: dict, train_text: dict, val_f
     has_val = bool(val_feats) and bool(val_text) and len(usable_ids(val_feats, val_text)) >= 2
     model, net = _build_model(cfg, data, dev, rank, world)
     opt = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    from emi_lib.models.clip_loss import build_loss  # imports open_clip: only when training
+
     loss_fn = build_loss(cfg)
     val = (val_feats, val_text, val_text_keys) if has_val else None
 
