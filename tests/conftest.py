@@ -7,8 +7,8 @@ import os
 # Under pytest-xdist two workers share the machine's two cores, and every process a test starts (papermill and
 # nbval kernels, CLI runs, spawned training and sweep workers) inherits this environment: one intra-op thread
 # each, since two per process oversubscribe the cores (measured in the smoke run of notebook 01 under make test:
-# fine-tuning the tower 31.4 s with two threads, 4.5 s alone on an idle machine; the notebook's setup 105 s ->
-# 62 s with one). Set before numpy and torch are imported here.
+# fine-tuning the tower took 31.4 s with two threads and 4.0 s with one; the notebook's run 105 s -> 57 s). Set
+# before numpy and torch are imported here.
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(_var, "1")
