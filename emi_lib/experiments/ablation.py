@@ -106,8 +106,9 @@ def default_seeds(profile: str, study: bool = False) -> list[int]:
 
 def default_workers(profile: str) -> int:
     """Training (and sweep) processes of notebook 03 when ``WORKERS`` is None: 1 in smoke, where a run trains in
-    about a second and starting a worker process (torch and the library imported again) costs more than it
-    saves; otherwise 2, one torch thread each."""
+    about a second and a second process gains nothing (the smoke notebook alone on an idle machine: 45.2 s with one
+    worker, 44.5 s with two forked from the preloaded server, 67.8 s with two spawned), and under the tests it
+    would compete with the other test worker; otherwise 2, one torch thread each."""
     return 1 if profile == "smoke" else 2
 
 
