@@ -7,7 +7,7 @@ The lock pins every package the workbench needs, so nothing is left to resolve: 
 ``--no-deps``, and the pins are split into two halves of about equal download size (torch and the CUDA libraries
 it ships with make up most of the 3 GB) that two pip processes unpack at the same time. On the 2-core reference
 machine this took 135 s and 154 s (two new venvs), and the whole make install 2 min 56 s, where the make install of
-one resolving ``pip install -r requirements.txt -c requirements.lock`` took 4 min 38 s the same morning (set-up of
+one resolving ``pip install -r requirements.txt -c requirements.lock`` took 4 min 38 s that morning on a cold machine (set-up of
 a fresh clone's CI run: 270 s against 171 s). The split changes only the time: any split installs the same
 packages.
 
