@@ -156,8 +156,10 @@ def cleanup(wait: bool = True) -> None:
 
 def barrier() -> None:
     """``torch.distributed.barrier()`` when a group is initialised, else nothing."""
-    if is_initialized() and _torch().distributed.get_world_size() > 1:
-        torch = _torch()
+    if not is_initialized():
+        return
+    torch = _torch()
+    if torch.distributed.get_world_size() > 1:
         if torch.distributed.get_backend() == "nccl":
             torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
         else:
@@ -166,9 +168,9 @@ def barrier() -> None:
 
 def all_gather_object(obj) -> list:
     """Every rank's ``obj`` (picklable), in rank order; ``[obj]`` without a group."""
-    if not is_initialized() or _torch().distributed.get_world_size() <= 1:
+    torch = _torch() if is_initialized() else None
+    if torch is None or torch.distributed.get_world_size() <= 1:
         return [obj]
-    torch = _torch()
     out = [None] * torch.distributed.get_world_size()
     torch.distributed.all_gather_object(out, obj)
     return out
@@ -176,9 +178,9 @@ def all_gather_object(obj) -> list:
 
 def broadcast_object(obj, src: int = 0):
     """Rank ``src``'s ``obj`` on every rank (the argument is ignored elsewhere); ``obj`` without a group."""
-    if not is_initialized() or _torch().distributed.get_world_size() <= 1:
+    torch = _torch() if is_initialized() else None
+    if torch is None or torch.distributed.get_world_size() <= 1:
         return obj
-    torch = _torch()
     box = [obj]
     torch.distributed.broadcast_object_list(box, src=src)
     return box[0]
@@ -188,9 +190,9 @@ def all_gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     """Every rank's ``x`` concatenated along dim 0 in rank order (equal shapes on all ranks); the
     other ranks' parts are constants, this rank's part is ``x`` itself, so the gradient flows into
     the local part only (each rank back-propagates through its own samples; DDP sums the rest)."""
-    if not is_initialized() or _torch().distributed.get_world_size() <= 1:
+    torch = _torch() if is_initialized() else None
+    if torch is None or torch.distributed.get_world_size() <= 1:
         return x
-    torch = _torch()
     parts = [torch.empty_like(x) for _ in range(torch.distributed.get_world_size())]
     torch.distributed.all_gather(parts, x.detach().contiguous())
     parts[torch.distributed.get_rank()] = x

@@ -256,7 +256,7 @@ def write_meta(folder: Path, rep: ExtractionReport, settings: dict, attempted: s
                      "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
     }
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f"{META_NAME}.tmp{os.getpid()}"
+    tmp = folder / (META_NAME + ".tmp")  # written under the folder's lock (extract_job.split_lock) or by rank 0
     tmp.write_text(json.dumps(meta, indent=1))
     os.replace(tmp, path)
     return path
