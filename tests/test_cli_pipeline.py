@@ -174,3 +174,56 @@ def test_the_command_line_modules_do_not_shadow_the_package_api():
     from emi_lib.train.stage2 import predict
 
     assert emi_lib.train.predict is predict
+
+
+def test_a_regenerated_roots_aligned_export_records_its_aligner_and_another_aligner_re_exports(pipeline, tmp_path,
+                                                                                               monkeypatch):
+    """inputs_for_root (the robustness sweep's path) passes another root's split through the stage-1 aligners and
+    records which aligner in ``_source.json``: a second call reuses the export, an aligner with other weights
+    re-exports (only its own modality), and the new aligned features are what that aligner gives."""
+    import hashlib
+
+    import torch
+
+    import emi_lib.train.stage1 as stage1
+    from emi_lib.features.store import FeatureStore
+    from emi_lib.train.inputs import inputs_for_root, prepare_stage2_inputs
+
+    p = pipeline
+    like = prepare_stage2_inputs(p["root"], "smoke", stage1=str(p["s1"]), store_dir=p["store"], verbose=False)
+    assert like.kind == "stage1"
+    new_root, store2 = tmp_path / "root2", tmp_path / "feats2"
+    shutil.copytree(p["root"], new_root)
+    exports = []
+    real_export = stage1.export_aligned
+    monkeypatch.setattr(stage1, "export_aligned", lambda model, *a, **k: exports.append(model.cfg.modality)
+                        or real_export(model, *a, **k))
+
+    def source(m):
+        mod, key = like.streams[m]
+        return json.loads((FeatureStore(store2).folder(mod, key, "test") / "_source.json").read_text())
+
+    inputs_for_root(new_root, like, "smoke", split="test", store_dir=store2)
+    assert sorted(exports) == ["audio", "vision"]
+    for m in ("vision", "audio"):
+        rec = source(m)
+        assert rec["stage1_outputs"] == str(like.stage1.path) and rec["split"] == "test"
+        assert rec["checkpoint_sha1"] == hashlib.sha1(like.stage1.checkpoints[m].read_bytes()).hexdigest()
+    inputs_for_root(new_root, like, "smoke", split="test", store_dir=store2)
+    assert len(exports) == 2  # the same aligners: the export is reused
+
+    mod, key = like.streams["vision"]
+    cid = DataRoot(new_root).ids("test")[0]
+    before = FeatureStore(store2).read(mod, key, "test", cid)
+    model, cfg = stage1.load_aligner(like.stage1.checkpoints["vision"])
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for prm in model.parameters():
+            prm.add_(0.05 * torch.randn_like(prm))
+    like.stage1.checkpoints["vision"] = stage1.save_aligner(model, cfg, tmp_path / "retrained" / "aligner_vision.pt")
+    inputs_for_root(new_root, like, "smoke", split="test", store_dir=store2)
+    assert exports[2:] == ["vision"]  # only the changed aligner re-exports
+    assert source("vision")["checkpoint_sha1"] == hashlib.sha1(
+        like.stage1.checkpoints["vision"].read_bytes()).hexdigest()
+    after = FeatureStore(store2).read(mod, key, "test", cid)
+    assert before.shape == after.shape and not np.allclose(before, after)

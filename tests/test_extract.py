@@ -331,3 +331,28 @@ def test_two_extractions_of_one_shared_split_take_turns(subset, ref, encoders, t
     for cid in with_faces:  # the same features as an extraction alone (per clip vs batched: atol as above)
         np.testing.assert_allclose(store.read("vision", "openclip-tiny", "train", cid),
                                    ref_store.read("vision", "openclip-tiny", "train", cid), atol=1e-4)
+
+
+@pytest.mark.parametrize("modality,key,expected", [
+    ("vision", "openclip-tiny[max=8]", ("openclip-tiny", {"max_frames": 8})),
+    ("vision", "mediapipe-facemesh[max=8]+fer[max=8]", ("mediapipe-facemesh+fer", {"max_frames": 8})),
+    ("vision", "openclip-tiny[video,stride=2,max=64,size=112]",
+     ("openclip-tiny", {"vision_source": "video", "frame_stride": 2, "max_frames": 64, "face_size": 112})),
+    ("vision", "openclip:ViT-B-32/openai[size=112x96]", ("openclip:ViT-B-32/openai", {"face_size": (112, 96)})),
+    ("audio", "opensmile-compare+logmel", ("opensmile-compare+logmel", {})),
+    ("text", "minilm[label_prompt]", ("minilm", {"text_source": "label_prompt"})),
+])
+def test_a_store_name_parses_back_into_the_backbone_and_settings_that_write_it(modality, key, expected):
+    from emi_lib.features.extract import parse_store_backbone, store_backbone
+
+    backbone, kwargs = parse_store_backbone(modality, key)
+    assert (backbone, kwargs) == expected
+    assert store_backbone(modality, backbone, **kwargs) == key
+
+
+@pytest.mark.parametrize("modality,key", [("vision", "a[max=8]+b"), ("vision", "x[foo=1]"), ("audio", "logmel[max=3]")])
+def test_a_name_store_backbone_never_writes_is_refused(modality, key):
+    from emi_lib.features.extract import parse_store_backbone
+
+    with pytest.raises(ValueError, match="a\\[max=8\\]\\+b|foo=1|max=3"):
+        parse_store_backbone(modality, key)

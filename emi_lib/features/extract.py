@@ -103,8 +103,8 @@ from emi_lib.features.extract_sources import OFFICIAL, OFFICIAL_FOLDERS, clip_st
 from emi_lib.features.store import META_NAME, FeatureStore, split_composite
 
 __all__ = ["META_NAME", "OFFICIAL", "OFFICIAL_FOLDERS", "VISION_SOURCES", "ExtractionReport", "ExtractionReports",
-           "absent_media", "clip_stride", "extract_all", "extract_split", "read_meta", "recorded_failures",
-           "store_backbone"]
+           "absent_media", "clip_stride", "extract_all", "extract_split", "parse_store_backbone", "read_meta",
+           "recorded_failures", "store_backbone"]
 
 #: the keyword arguments of extract_split that are part of the store name (:func:`store_backbone`)
 _NAME_OPTIONS = ("vision_source", "text_source", "max_frames", "frame_stride", "face_size")
@@ -134,6 +134,41 @@ def store_backbone(modality: str, backbone: str, *, vision_source: str = "faces"
     elif modality == "text" and text_source != "transcript":
         opts.append(text_source)
     return f"{backbone}[{','.join(opts)}]" if opts else backbone
+
+
+
+def parse_store_backbone(modality: str, key: str) -> tuple[str, dict]:
+    """The inverse of :func:`store_backbone`: a store name -> ``(backbone, extraction settings)``, so that
+    features can be extracted again under the same name on another root (``"openclip-tiny[max=8]"`` ->
+    ``("openclip-tiny", {"max_frames": 8})``). Raises ``ValueError`` for a name :func:`store_backbone` does not
+    write (the parts of a concatenation with different settings, an unknown option)."""
+    parts = split_composite(key)
+    if len(parts) > 1:
+        parsed = [parse_store_backbone(modality, p) for p in parts]
+        if any(kw != parsed[0][1] for _, kw in parsed):
+            raise ValueError(f"{key!r}: the parts of a concatenated backbone have different extraction settings")
+        backbone, kwargs = "+".join(b for b, _ in parsed), parsed[0][1]
+    else:
+        backbone, _, rest = key.partition("[")
+        kwargs = {}
+        for opt in rest.removesuffix("]").split(",") if rest else []:
+            name, _, value = opt.partition("=")
+            if modality == "vision" and name == "stride" and value:
+                kwargs["frame_stride"] = int(value)
+            elif modality == "vision" and name == "max" and value:
+                kwargs["max_frames"] = int(value)
+            elif modality == "vision" and name == "size" and value:
+                hw = tuple(int(v) for v in value.split("x"))
+                kwargs["face_size"] = hw[0] if len(hw) == 1 else hw
+            elif modality == "vision" and not value:
+                kwargs["vision_source"] = name
+            elif modality == "text" and not value:
+                kwargs["text_source"] = name
+            else:
+                raise ValueError(f"{key!r}: unknown {modality} extraction option {opt!r}")
+    if store_backbone(modality, backbone, **kwargs) != key:
+        raise ValueError(f"{key!r} is not a {modality} store name (read as {backbone!r} with {kwargs})")
+    return backbone, kwargs
 
 
 # ---------------------------------------------------------------------------------- extraction

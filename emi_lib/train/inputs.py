@@ -42,7 +42,7 @@ import pandas as pd
 from emi_lib.data import DataRoot
 from emi_lib.data.fingerprint import ProvenanceError, check_same_root, root_fingerprint
 from emi_lib.features.backbones import DEFAULT_BACKBONES
-from emi_lib.features.extract import extract_all, recorded_failures
+from emi_lib.features.extract import ExtractionReports, extract_all, parse_store_backbone, recorded_failures
 from emi_lib.features.extract_job import split_lock
 from emi_lib.features.extract_report import failure_line
 from emi_lib.features.quality import compute_priors
@@ -333,11 +333,17 @@ def inputs_for_root(new_root: str | os.PathLike, like: Stage2Inputs, profile: st
     new_root = Path(new_root)
     data = DataRoot(new_root)
     raw_store = FeatureStore(store_dir).bind(new_root) if store_dir else derived_store(profile, new_root)
-    vb, ab = like.raw_streams["vision"][1], like.raw_streams["audio"][1]
+    # the store names of like's raw streams with their extraction settings (e.g. openclip-tiny[max=8]), so that the
+    # new root's features are extracted the same way and stored under the same names
+    names = {m: parse_store_backbone(m, key) for m, (_, key) in like.raw_streams.items()}
+    if like.text_pair:
+        names["text"] = parse_store_backbone("text", like.text_pair[1])
     # clips whose media are byte-identical in the original root (e.g. the faces of a test set regenerated with
     # only audio noise) get its stored features instead of a second extraction (emi_lib.features.reuse)
-    reports = extract_all(new_root, raw_store, vb, ab, like.text_pair[1] if like.text_pair else None, splits=[split],
-                          progress=False, verbose=verbose, reuse_from=(like.root, like.raw_store))
+    reports = ExtractionReports()
+    for m, (backbone, kwargs) in names.items():
+        reports |= extract_all(new_root, raw_store, **{f"{m}_backbone": backbone}, splits=[split], progress=False,
+                               verbose=verbose, reuse_from=(like.root, like.raw_store), **kwargs)
     _warn_failures(reports.failures, f"inputs of {new_root} ({split})")
     streams = like.streams
     if like.kind == "stage1":
