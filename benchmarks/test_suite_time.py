@@ -87,8 +87,8 @@ def main(argv=None) -> dict:
     result = {"command": " ".join(cmd), "total_s": round(wall, 1), "pytest_s": pytest_s,
               "setup_s": round(wall - pytest_s, 1), "cpu_s": round(cpu, 1), "tests": counts}
     print(f"{result['command']}: {counts}")
-    print(f"  total {wall:.1f} s (set-up before pytest's session {result['setup_s']:.1f} s, pytest phase {pytest_s:.1f} s, collection included); "
-          f"CPU {cpu:.1f} s over all processes")
+    print(f"  total {wall:.1f} s (set-up before pytest's session {result['setup_s']:.1f} s, pytest phase "
+          f"{pytest_s:.1f} s, collection included); CPU {cpu:.1f} s over all processes")
     print(f"  pytest phase <= {PYTEST_TARGET_S:.0f} s: {'met' if pytest_s <= PYTEST_TARGET_S else 'missed'}")
     if args.fresh_clone:
         print(f"  fresh clone <= {FRESH_CLONE_TARGET_S:.0f} s: "

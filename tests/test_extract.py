@@ -356,3 +356,14 @@ def test_a_name_store_backbone_never_writes_is_refused(modality, key):
 
     with pytest.raises(ValueError, match="a\\[max=8\\]\\+b|foo=1|max=3"):
         parse_store_backbone(modality, key)
+
+
+@pytest.mark.parametrize("stream,key,media", [
+    ("vision", "openclip-tiny", "faces"), ("vision", "openclip-tiny[video,max=8]", "video"),
+    ("vision", "mediapipe-facemesh[video]+fer[video]", "video"), ("vision", "official", "vit"),
+    ("audio", "official", "wav2vec2"), ("audio", "opensmile-compare+logmel", "audio"),
+])
+def test_a_streams_media_is_read_off_its_store_name(stream, key, media):
+    from emi_lib.train.data import stream_media
+
+    assert stream_media(stream, key) == media

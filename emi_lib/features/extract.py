@@ -136,7 +136,6 @@ def store_backbone(modality: str, backbone: str, *, vision_source: str = "faces"
     return f"{backbone}[{','.join(opts)}]" if opts else backbone
 
 
-
 def parse_store_backbone(modality: str, key: str) -> tuple[str, dict]:
     """The inverse of :func:`store_backbone`: a store name -> ``(backbone, extraction settings)``, so that
     features can be extracted again under the same name on another root (``"openclip-tiny[max=8]"`` ->

@@ -200,12 +200,13 @@ def stream_media(stream: str, backbone: str) -> str:
     """The DataRoot modality a stream's features are made from, by its (store) backbone name: the release's
     ``vit`` / ``wav2vec2`` files for ``official``, the mp4 for a vision backbone on ``video`` frames, else
     :data:`STREAM_MEDIA` (face crops, audio, transcript)."""
+    from emi_lib.features.extract import parse_store_backbone
     from emi_lib.features.extract_sources import OFFICIAL, OFFICIAL_FOLDERS
 
-    base, _, opts = str(backbone).partition("[")
+    base, settings = parse_store_backbone(stream, str(backbone))
     if stream in OFFICIAL_FOLDERS and base == OFFICIAL:
         return OFFICIAL_FOLDERS[stream]
-    if stream == "vision" and "video" in opts.rstrip("]").split(","):
+    if stream == "vision" and settings.get("vision_source") == "video":
         return "video"
     return STREAM_MEDIA[stream]
 
